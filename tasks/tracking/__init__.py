@@ -1,0 +1,220 @@
+"""The one place rnnflow talks to MLflow.
+
+Layout in the store:
+- one experiment per task, named `rnnflow/<task>` (e.g. `rnnflow/ag_news`);
+- one parent run per pipeline run and task, tagged with the profile and the pipeline run id;
+- one child run per trained configuration: params (whole configs), per-epoch metrics with
+  steps, final metrics with stable names, PNG plots, text samples, dataset facts, and the model
+  logged as a pyfunc (rebuilt from config + state_dict) and registered as `rnnflow-<task>-<name>`.
+
+The client API is used with explicit run ids (not the fluent "active run"), because Prefect may
+run tasks in worker threads; only `log_model`, which needs an active run, uses the fluent API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+from rnn_core.results import RunResult, flatten_params
+
+EXPERIMENT_PREFIX = "rnnflow/"
+PARENT_TAG = "mlflow.parentRunId"
+_PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+# Explicit requirements: inferring them costs ~10 s per logged model (../shared/STACK.md).
+_PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "mlflow==3.17.2"]
+_MLFLOW_PARAM_LIMIT = 6000  # characters in one param value
+
+
+def default_tracking_uri(root: Path | None = None) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else a SQLite store in `<root>/mlruns/mlflow.db`."""
+    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return uri
+    root = (root or Path.cwd()).resolve()
+    (root / "mlruns").mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+
+
+def configure(tracking_uri: str | None = None) -> MlflowClient:
+    """Point MLflow at the store (default: the project's SQLite store) and return a client."""
+    uri = tracking_uri or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(client: MlflowClient, task: str) -> str:
+    """Get or create the task's experiment; local stores keep artifacts beside the database."""
+    name = EXPERIMENT_PREFIX + task
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    artifact_location = None
+    uri = client.tracking_uri
+    if uri.startswith("sqlite:///"):
+        store_dir = Path(uri.removeprefix("sqlite:///")).parent
+        artifact_location = (store_dir / "artifacts" / task).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent task
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def start_parent_run(
+    client: MlflowClient, task: str, profile: str, pipeline_id: str, params: dict[str, Any]
+) -> str:
+    """Open the parent run of one task within one pipeline run; returns its run id."""
+    run = client.create_run(
+        experiment_id(client, task),
+        run_name=f"{task}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={
+            "rnnflow.task": task,
+            "rnnflow.profile": profile,
+            "rnnflow.pipeline_id": pipeline_id,
+            "rnnflow.role": "parent",
+            "mlflow.source.git.commit": git_commit(),
+        },
+    )
+    _log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    flat = flatten_params(params)
+    items = [Param(k, v[:_MLFLOW_PARAM_LIMIT]) for k, v in sorted(flat.items())]
+    for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def _log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    for i in range(0, len(metrics), 1000):  # at most 1000 metrics per call
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+
+
+def log_result(
+    client: MlflowClient,
+    result: RunResult,
+    parent_run_id: str,
+    extra_tags: dict[str, str] | None = None,
+    register: bool = True,
+) -> tuple[str, str | None]:
+    """Log one configuration as a child run; returns (run id, registered model version or None)."""
+    tags = {
+        PARENT_TAG: parent_run_id,
+        "rnnflow.task": result.task,
+        "rnnflow.config": result.name,
+        "rnnflow.role": "child",
+        "rnnflow.device": result.device,
+        "rnnflow.headline_metric": result.headline.metric,
+        "mlflow.source.git.commit": git_commit(),
+        **result.tags,
+        **(extra_tags or {}),
+    }
+    run = client.create_run(
+        experiment_id(client, result.task), run_name=result.name, tags=tags
+    )
+    run_id = run.info.run_id
+    try:
+        _log_params(client, run_id, result.params)
+        now = int(time.time() * 1000)
+        series = [
+            Metric(key, float(value), now, int(row.get("epoch", step)))
+            for step, row in enumerate(result.history)
+            for key, value in row.items()
+            if key != "epoch"
+        ]
+        final = [Metric(k, float(v), now, 0) for k, v in sorted(result.metrics.items())]
+        final.append(Metric("train_seconds", float(result.seconds), now, 0))
+        _log_metrics(client, run_id, series + final)
+        _log_artifacts(client, run_id, result)
+        version = _log_model(run_id, result) if register and result.checkpoint else None
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id, version
+
+
+def _log_artifacts(client: MlflowClient, run_id: str, result: RunResult) -> None:
+    for name, path in result.figures.items():
+        client.log_artifact(run_id, str(path), artifact_path="plots")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in result.texts.items():
+            file = Path(tmp) / (name if "." in name else f"{name}.txt")
+            file.write_text(text, encoding="utf-8")
+            client.log_artifact(run_id, str(file), artifact_path="samples")
+        info = Path(tmp) / "dataset.json"
+        info.write_text(json.dumps(result.dataset, indent=2, default=str), encoding="utf-8")
+        client.log_artifact(run_id, str(info))
+        history = Path(tmp) / "history.json"
+        history.write_text(json.dumps(result.history, indent=2), encoding="utf-8")
+        client.log_artifact(run_id, str(history))
+
+
+def registered_name(result: RunResult) -> str:
+    return f"rnnflow-{result.task}-{result.name}".replace("_", "-")
+
+
+def _signature(result: RunResult) -> ModelSignature:
+    """Batch-first tensors with free batch and length, so any sequence length is accepted."""
+    cfg = result.model_config or {}
+    if cfg.get("kind") == "forecaster":
+        inputs = TensorSpec(_np_dtype("float32"), (-1, -1, int(cfg["input_size"])))
+        outputs = TensorSpec(_np_dtype("float32"), (-1, -1, int(cfg["horizon"]), int(cfg["input_size"])))
+    elif cfg.get("kind") == "char_lm":
+        inputs = TensorSpec(_np_dtype("int64"), (-1, -1))
+        outputs = TensorSpec(_np_dtype("float32"), (-1, -1, int(cfg["vocab_size"])))
+    else:
+        features = cfg.get("input_size")
+        if cfg.get("vocab_size"):
+            inputs = TensorSpec(_np_dtype("int64"), (-1, -1))
+        else:
+            inputs = TensorSpec(_np_dtype("float32"), (-1, -1, int(features)))
+        outputs = TensorSpec(_np_dtype("float32"), (-1, int(cfg["num_classes"])))
+    return ModelSignature(inputs=Schema([inputs]), outputs=Schema([outputs]))
+
+
+def _np_dtype(name: str):
+    import numpy as np
+
+    return np.dtype(name)
+
+
+def _log_model(run_id: str, result: RunResult) -> str:
+    """Log the pyfunc into the child run and register it; returns the new version number."""
+    name = registered_name(result)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(_PYFUNC_CODE),
+            artifacts={"checkpoint": str(result.checkpoint)},
+            signature=_signature(result),
+            pip_requirements=_PIP_REQUIREMENTS,
+            registered_model_name=name,
+        )
+    return str(info.registered_model_version)
+
+
+def finish_parent_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
+    client.set_terminated(run_id, status=status)
