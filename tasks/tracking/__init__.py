@@ -216,5 +216,32 @@ def _log_model(run_id: str, result: RunResult) -> str:
     return str(info.registered_model_version)
 
 
-def finish_parent_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
+def summary_table(rows: list[dict]):
+    """One row per child run: config, headline, baselines and other metrics, time, device."""
+    import pandas as pd
+
+    front = ["task", "config", "headline_metric", "headline", "seconds", "device", "run_id"]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    rest = sorted(c for c in frame.columns if c not in front)
+    return frame[[c for c in front if c in frame.columns] + rest]
+
+
+def finish_parent_run(
+    client: MlflowClient, run_id: str, status: str = "FINISHED", rows: list[dict] | None = None
+) -> None:
+    """Close a parent run; with rows, attach the comparison table (CSV, Markdown, HTML)."""
+    if rows:
+        table = summary_table(rows)
+        with tempfile.TemporaryDirectory() as tmp:
+            table.to_csv(Path(tmp) / "summary.csv", index=False)
+            (Path(tmp) / "summary.md").write_text(
+                table.to_markdown(index=False, floatfmt=".4g"), encoding="utf-8"
+            )
+            (Path(tmp) / "summary.html").write_text(
+                table.to_html(index=False, float_format=lambda v: f"{v:.4g}"), encoding="utf-8"
+            )
+            for name in ("summary.csv", "summary.md", "summary.html"):
+                client.log_artifact(run_id, str(Path(tmp) / name))
     client.set_terminated(run_id, status=status)
