@@ -13,3 +13,60 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+MIRROR = os.environ.get(
+    "RNN_DATA_MIRROR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
+)
+
+
+@pytest.fixture(scope="session")
+def mirror_dir():
+    """The read-only dataset mirror (../shared/datasets); tests needing it skip without it."""
+    from pathlib import Path
+
+    path = Path(MIRROR)
+    if not (path / "metro" / "hzdataset.pch").exists():
+        pytest.skip(f"dataset mirror not found at {path} (set RNN_DATA_MIRROR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def prepared_data(mirror_dir, tmp_path_factory):
+    """A data dir with `processed/<dataset>` built from the mirror, on demand per dataset.
+
+    Usage: `data_dir = prepared_data("metro", "trump")` -> Path with processed/metro, ...
+    Each dataset is preprocessed once per test session, straight from the mirror files (the
+    download path is tested separately).
+    """
+    from rnn_core.datasets.ag_news import preprocess_ag_news
+    from rnn_core.datasets.corpus import preprocess_corpus
+    from rnn_core.datasets.metro import preprocess_metro
+
+    root = tmp_path_factory.mktemp("data")
+    done: set[str] = set()
+
+    def prepare(*datasets: str):
+        for name in datasets:
+            if name in done:
+                continue
+            out = root / "processed" / name
+            if name == "metro":
+                preprocess_metro(mirror_dir / "metro" / "hzdataset.pch", out)
+            elif name == "ag_news":
+                preprocess_ag_news(
+                    mirror_dir / "ag_news" / "train_subset.csv",
+                    mirror_dir / "ag_news" / "test.csv",
+                    out,
+                    train_variant="subset",
+                )
+            elif name == "trump":
+                preprocess_corpus("trump", mirror_dir / "trump" / "trump_full_speech.txt", out)
+            elif name == "moliere":
+                preprocess_corpus("moliere", mirror_dir / "moliere" / "moliere.txt", out)
+            else:
+                raise ValueError(f"unknown dataset {name!r}")
+            done.add(name)
+        return root
+
+    return prepare
