@@ -30,7 +30,7 @@ def train_configuration(
     """Train and evaluate one configuration of one experiment (resumes from its checkpoint)."""
     module = experiments.get(experiment)
     progress = PrefectProgress(f"{experiment}/{config_name}", get_run_logger())
-    return module.run_one(config, config_name, Path(data_dir), Path(work_dir), callbacks=progress)
+    return module.run_one(config, config_name, Path(data_dir), Path(work_dir), callbacks=[progress])
 
 
 @task(name="log-to-mlflow", cache_policy=NO_CACHE, persist_result=False, retries=2,

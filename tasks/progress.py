@@ -16,24 +16,16 @@ class PrefectProgress:
         self.logger = logger
         self.bar: tqdm | None = None
 
-    def on_epoch_start(self, epoch: int, total_batches: int | None = None) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        self.bar = tqdm(
-            total=total_batches,
-            desc=f"{self.label} epoch {epoch}",
-            leave=False,
-            disable=not sys.stderr.isatty(),
-        )
-
     def on_batch_end(self, step: int, loss: float) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if self.bar is None:  # first batch of an epoch; the loop does not announce epochs
+            self.bar = tqdm(desc=self.label, unit="batch", leave=False,
+                            disable=not sys.stderr.isatty())
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-        self.logger.info("%s epoch %d: %s", self.label, epoch, shown)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch")
+        self.logger.info("%s epoch %d: %s", self.label, epoch + 1, shown)
