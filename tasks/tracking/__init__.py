@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import ModelSignature
@@ -179,26 +180,21 @@ def registered_name(result: RunResult) -> str:
 def _signature(result: RunResult) -> ModelSignature:
     """Batch-first tensors with free batch and length, so any sequence length is accepted."""
     cfg = result.model_config or {}
+    f32, i64 = np.dtype("float32"), np.dtype("int64")
     if cfg.get("kind") == "forecaster":
-        inputs = TensorSpec(_np_dtype("float32"), (-1, -1, int(cfg["input_size"])))
-        outputs = TensorSpec(_np_dtype("float32"), (-1, -1, int(cfg["horizon"]), int(cfg["input_size"])))
+        flows = int(cfg["num_flows"])
+        inputs = TensorSpec(f32, (-1, -1, flows + int(cfg.get("num_covariates", 0))))
+        outputs = TensorSpec(f32, (-1, -1, int(cfg["horizon"]), flows))
     elif cfg.get("kind") == "char_lm":
-        inputs = TensorSpec(_np_dtype("int64"), (-1, -1))
-        outputs = TensorSpec(_np_dtype("float32"), (-1, -1, int(cfg["vocab_size"])))
+        inputs = TensorSpec(i64, (-1, -1))
+        outputs = TensorSpec(f32, (-1, -1, int(cfg["vocab_size"])))
     else:
-        features = cfg.get("input_size")
         if cfg.get("vocab_size"):
-            inputs = TensorSpec(_np_dtype("int64"), (-1, -1))
+            inputs = TensorSpec(i64, (-1, -1))
         else:
-            inputs = TensorSpec(_np_dtype("float32"), (-1, -1, int(features)))
-        outputs = TensorSpec(_np_dtype("float32"), (-1, int(cfg["num_classes"])))
+            inputs = TensorSpec(f32, (-1, -1, int(cfg.get("input_size", 1))))
+        outputs = TensorSpec(f32, (-1, int(cfg["num_classes"])))
     return ModelSignature(inputs=Schema([inputs]), outputs=Schema([outputs]))
-
-
-def _np_dtype(name: str):
-    import numpy as np
-
-    return np.dtype(name)
 
 
 def _log_model(run_id: str, result: RunResult) -> str:
