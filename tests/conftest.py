@@ -70,3 +70,15 @@ def prepared_data(mirror_dir, tmp_path_factory):
         return root
 
     return prepare
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server and database for the whole session (15-20 s to start).
+
+    Flows called inside tests that request this fixture run against it, not ~/.prefect.
+    """
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
