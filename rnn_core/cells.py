@@ -59,7 +59,7 @@ def lstm_recur(xp, state, w_hh_t, b_hh=None):
     if b_hh is not None:
         gates = gates + b_hh
     i, f, g, o = gates.chunk(4, dim=1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    c = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))  # f*c + i*g
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
