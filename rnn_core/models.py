@@ -220,6 +220,13 @@ def forecast_targets(x: torch.Tensor, horizon: int, lengths: torch.Tensor | None
     return y, mask
 
 
+def time_of_day_features(slots: torch.Tensor, slots_per_day: int) -> torch.Tensor:
+    """Covariates for a `Forecaster`: slot ids (any shape, int) -> (..., 2) sin and cos of the
+    time of day, so that the last slot of a day sits next to the first."""
+    angle = slots.double() * (2 * torch.pi / slots_per_day)
+    return torch.stack([angle.sin(), angle.cos()], dim=-1).float()
+
+
 class CharLanguageModel(nn.Module):
     """Next-character logits L x B x V at every step; the state carries across chunks."""
 

@@ -150,7 +150,11 @@ def train(
     callbacks: Sequence[Any] = (),
     checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
-    """Train `model` in place for `config.epochs` epochs (see the module docstring)."""
+    """Train `model` in place for `config.epochs` epochs (see the module docstring).
+
+    `batches` may also be a re-iterable collection (the same batches every epoch);
+    `eval_batches` a callable returning an iterable, or a re-iterable collection.
+    """
     # -- setup: seeds, device, optimizer, precision -----------------------------------------
     seed_everything(config.seed)
     device = resolve_device(config.device)

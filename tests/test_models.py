@@ -16,6 +16,7 @@ from rnn_core.models import (
     build_model,
     config_dict,
     forecast_targets,
+    time_of_day_features,
 )
 
 BACKENDS = ["fused", "scratch"]
@@ -104,6 +105,21 @@ def test_forecaster_shapes_and_masked_loss(backend, cell):
     assert loss.item() == pytest.approx(((pred - y)[m] ** 2).mean().item(), rel=1e-6)
     with pytest.raises(ValueError, match="L x B x 4"):
         model(torch.randn(6, 4, 2))
+
+
+def test_time_of_day_features_are_cyclic_covariates():
+    slots = torch.tensor([[0, 18], [36, 72]])  # L x B slot ids, 73 slots a day
+    feats = time_of_day_features(slots, 73)
+    assert feats.shape == (2, 2, 2)
+    torch.testing.assert_close(feats[0, 0], torch.tensor([0.0, 1.0]))
+    assert torch.allclose(feats.norm(dim=-1), torch.ones(2, 2))
+    # The day's last slot is as close to its first as two neighbouring slots are.
+    gap = lambda a, b: (feats.view(-1, 2)[a] - feats.view(-1, 2)[b]).norm()
+    step = (time_of_day_features(torch.tensor(1), 73) - feats[0, 0]).norm()
+    torch.testing.assert_close(gap(3, 0), step)
+    model = build_model({"kind": "forecaster", "num_flows": 1, "num_covariates": 2})
+    x = torch.cat([torch.randn(2, 2, 1), feats], dim=-1)
+    assert model(x)[0].shape == (2, 2, 1, 1)
 
 
 def test_residual_forecaster_starts_from_persistence():
