@@ -128,6 +128,8 @@ def log_result(
         "rnnflow.role": "child",
         "rnnflow.device": result.device,
         "rnnflow.headline_metric": result.headline.metric,
+        # Which metrics are final (not per-epoch series): `rnnflow compare` rebuilds rows from it.
+        "rnnflow.final_metrics": ",".join(sorted(result.metrics))[:8000],
         "mlflow.source.git.commit": git_commit(),
         **result.tags,
         **(extra_tags or {}),
@@ -216,7 +218,8 @@ def summary_table(rows: list[dict]):
     """One row per child run: config, headline, baselines and other metrics, time, device."""
     import pandas as pd
 
-    front = ["task", "config", "headline_metric", "headline", "seconds", "device", "run_id"]
+    front = ["task", "config", "profile", "data_variant", "headline_metric", "headline",
+             "champion", "model_version", "seconds", "device", "started", "run_id"]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame

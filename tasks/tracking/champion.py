@@ -1,0 +1,162 @@
+"""Champion / challenger: the `champion` alias of a registered model moves only on a real win.
+
+Every logged configuration registers a new version of `rnnflow-<task>-<config>` (the
+challenger). It takes the `champion` alias only when it beats the current champion on the task's
+headline test metric, measured on the same test split of the same data variant; the figures are
+read back from the champion version's own run, so nothing is trusted that was not logged. The
+decision, its reason and both figures are logged on the challenger's run (tags + metrics) and as
+tags on the new model version, so the UI shows why an alias did or did not move.
+
+Inference loads `models:/<name>@champion` (see `tasks.tracking.inference`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, RunTag
+from mlflow.exceptions import MlflowException
+
+from rnn_core.results import Headline, RunResult
+
+ALIAS = "champion"
+SCOPE_TAG = "rnnflow.eval_scope"  # what the headline was measured on; must match to compare
+TAG_PREFIX = "rnnflow.champion."
+
+
+@dataclass
+class Decision:
+    """What happened to the alias when one challenger version was registered."""
+
+    model: str  # registered model name
+    version: str  # the challenger's version
+    promoted: bool  # True when the alias now points at the challenger
+    reason: str  # one sentence for humans
+    metric: str  # headline metric name, e.g. "test_accuracy"
+    goal: str  # "max" or "min"
+    challenger: float  # the challenger's headline value
+    champion: float | None = None  # the previous champion's value (None: there was none)
+    champion_version: str | None = None  # the previous champion's version
+
+    def tags(self) -> dict[str, str]:
+        return {
+            TAG_PREFIX + "decision": "promoted" if self.promoted else "kept",
+            TAG_PREFIX + "reason": self.reason,
+            TAG_PREFIX + "model": self.model,
+            TAG_PREFIX + "version": self.version,
+            TAG_PREFIX + "previous_version": self.champion_version or "",
+        }
+
+    def metrics(self) -> dict[str, float]:
+        """Both figures, under names that say which is which."""
+        out = {"champion.challenger_value": self.challenger}
+        if self.champion is not None:
+            out["champion.incumbent_value"] = self.champion
+        return out
+
+
+def eval_scope(result: RunResult, profile: str | None = None) -> str:
+    """A short fingerprint of what the headline was measured on: metric, data variant, test split.
+
+    The test split is the experiment's `test_split` tag when it sets one, else the dataset facts
+    it reports about the test split (keys starting with "test", e.g. rows and checksums), else
+    the profile (profiles slice data differently, so runs of different profiles never compete).
+    """
+    test_facts = {k: v for k, v in sorted(result.dataset.items()) if str(k).startswith("test")}
+    if "test_split" in result.tags:
+        split = result.tags["test_split"]
+    elif test_facts:
+        split = json.dumps(test_facts, sort_keys=True, default=str)
+    else:
+        split = f"profile:{profile or result.tags.get('profile', 'unknown')}"
+    variant = result.tags.get("data_variant", result.dataset.get("variant", "unknown"))
+    digest = hashlib.sha1(split.encode("utf-8")).hexdigest()[:12]
+    return f"{result.headline.metric}|{variant}|{digest}"
+
+
+def _current_champion(client: MlflowClient, model: str):
+    """The version holding the alias, or None (no alias yet)."""
+    try:
+        return client.get_model_version_by_alias(model, ALIAS)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def decide(
+    headline: Headline, challenger: float, scope: str, incumbent_run
+) -> tuple[bool, str, float | None]:
+    """(promote?, reason, incumbent value) for a challenger against the champion's run (or None)."""
+    if incumbent_run is None:
+        return True, "first version with a headline: becomes champion", None
+    old_scope = incumbent_run.data.tags.get(SCOPE_TAG)
+    old = incumbent_run.data.metrics.get(headline.metric)
+    if old is None or old_scope is None:
+        return True, f"champion run lacks a logged {headline.metric}: replaced", None
+    if old_scope != scope:
+        reason = f"not comparable: champion measured on {old_scope}, challenger on {scope}"
+        return False, reason + "; alias kept", old
+    if math.isnan(challenger):
+        return False, f"challenger {headline.metric} is NaN; alias kept", old
+    if headline.better(challenger, old):
+        word = "higher" if headline.goal == "max" else "lower"
+        return True, f"{headline.metric} {challenger:.6g} is {word} than {old:.6g}: promoted", old
+    return False, f"{headline.metric} {challenger:.6g} does not beat {old:.6g}: alias kept", old
+
+
+def challenge(
+    client: MlflowClient,
+    model: str,
+    version: str,
+    run_id: str,
+    headline: Headline,
+    value: float,
+    scope: str,
+) -> Decision:
+    """Compare a freshly registered version with the champion, move the alias if it wins, log it.
+
+    `scope` (see `eval_scope`) is logged on the challenger's run, so that a later challenger can
+    check it competes on the same test split.
+    """
+    current = _current_champion(client, model)
+    incumbent_run = client.get_run(current.run_id) if current and current.run_id else None
+    promote, reason, old = decide(headline, value, scope, incumbent_run)
+    decision = Decision(
+        model=model, version=str(version), promoted=promote, reason=reason,
+        metric=headline.metric, goal=headline.goal, challenger=float(value), champion=old,
+        champion_version=str(current.version) if current is not None else None,
+    )
+    if promote:
+        client.set_registered_model_alias(model, ALIAS, str(version))
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in decision.metrics().items()],
+        tags=[RunTag(k, v) for k, v in {**decision.tags(), SCOPE_TAG: scope}.items()],
+    )
+    for key, val in decision.tags().items():
+        client.set_model_version_tag(model, str(version), key, val)
+    return decision
+
+
+def challenge_result(
+    client: MlflowClient, result: RunResult, run_id: str, model: str, version: str,
+    profile: str | None = None,
+) -> Decision:
+    """`challenge` for one logged RunResult (its headline, value and evaluation scope)."""
+    return challenge(client, model, version, run_id, result.headline, result.headline_value,
+                     eval_scope(result, profile))
+
+
+def champion_value(client: MlflowClient, model: str, metric: str) -> float | None:
+    """The champion's logged figure for `metric`, or None when there is no champion."""
+    current = _current_champion(client, model)
+    if current is None or not current.run_id:
+        return None
+    return client.get_run(current.run_id).data.metrics.get(metric)
