@@ -38,30 +38,35 @@ def _run(layer, x, h0, lengths, weights):
     return outputs, states, grads[: len(inputs)], dict(zip(params, grads[len(inputs) :]))
 
 
-def _inputs(cell, length, batch, layers, dirs, dtype, masked):
+def _inputs(cell, length, batch, layers, dirs, dtype, masked, short=False):
     x = torch.randn(length, batch, D, dtype=dtype, requires_grad=True)
     shape = (layers * dirs, batch, H)
     h0 = torch.randn(shape, dtype=dtype, requires_grad=True)
     if cell == "lstm":
         h0 = (h0, torch.randn(shape, dtype=dtype, requires_grad=True))
     lengths = None
-    if masked:  # one full-length sequence, the rest anywhere in 1..length
+    if masked:  # lengths anywhere in 1..length, one of them full (unless short)
         lengths = torch.randint(1, length + 1, (batch,))
         lengths[0] = length
+        if short:  # the tail is padding for every sequence: the scratch side skips it
+            lengths = lengths.clamp(max=max(length - 2, 1))
     return x, h0, lengths
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
+@pytest.mark.parametrize(
+    "masked, short", [(False, False), (True, False), (True, True)], ids=["full", "masked", "short"]
+)
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("length, batch", [(1, 1), (5, 3), (9, 4)])
 @pytest.mark.parametrize("cell, nonlinearity", CELLS, ids=CELL_IDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_scratch_matches_fused(
-    dtype, cell, nonlinearity, length, batch, layers, bidirectional, masked
+    dtype, cell, nonlinearity, length, batch, layers, bidirectional, masked, short
 ):
     scratch, fused = _pair(cell, nonlinearity, layers, bidirectional, dtype)
-    x, h0, lengths = _inputs(cell, length, batch, layers, 1 + bidirectional, dtype, masked)
+    dirs = 1 + bidirectional
+    x, h0, lengths = _inputs(cell, length, batch, layers, dirs, dtype, masked, short)
     dirs_h = (1 + bidirectional) * H
     weights = [torch.randn(length, batch, dirs_h, dtype=dtype)]
     weights += [torch.randn(layers * (1 + bidirectional), batch, H, dtype=dtype) for _ in "hc"]
@@ -110,7 +115,7 @@ def test_init_distribution_matches_torch_nn():
 def test_mask_equals_running_each_sequence_alone(cell, bidirectional):
     """With lengths, each sequence's outputs and final state are those of its unpadded run."""
     layer = Recurrent(cell, D, H, 2, bidirectional, "scratch").double()
-    length, lengths = 7, torch.tensor([7, 2, 5, 1])
+    length, lengths = 9, torch.tensor([7, 2, 5, 1])  # steps 7, 8 are padding for everyone
     x = torch.randn(length, 4, D, dtype=torch.float64)
     outputs, state = layer(x, lengths=lengths)
     for b, n in enumerate(lengths.tolist()):
