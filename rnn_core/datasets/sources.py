@@ -29,6 +29,7 @@ import requests
 
 from rnn_core.datasets.archives import UnsafeArchiveError, extract_member
 from rnn_core.datasets.source_specs import (
+    DEFAULT_SOURCES_FILE,
     Checksum,
     DatasetSpec,
     FileSpec,
@@ -251,6 +252,7 @@ def _short(err: Exception) -> str:
 
 
 __all__ = [
+    "DEFAULT_SOURCES_FILE",
     "Checksum",
     "ChecksumMismatchError",
     "DatasetSpec",

@@ -1,0 +1,35 @@
+"""Prefect defaults for running offline from the project folder; import before prefect.
+
+Prefect reads its settings from the environment when it is first imported, so this module only
+fills in variables nobody has set (the Makefile exports the same values; a user's own exports
+win). Why each one (see shared/STACK.md):
+- PREFECT_HOME in the project: the temporary server's database stays with the project.
+- results in the project: cached task results are files there; deleting .prefect/ forgets them.
+- a 120 s ephemeral start-up timeout: a fresh PREFECT_HOME can take over the 20 s default.
+- analytics off: one telemetry lookup per process otherwise, and this machine is offline.
+- rnn_core's loggers go to the flow's log, so the library's warnings (e.g. the AG News subset
+  fallback) show up in the Prefect UI too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def apply_defaults(project_dir: Path | None = None) -> dict[str, str]:
+    """Set the offline Prefect defaults that are not set yet; returns what was applied."""
+    home = os.environ.get("PREFECT_HOME") or str((project_dir or Path.cwd()).resolve() / ".prefect")
+    defaults = {
+        "PREFECT_HOME": home,
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(Path(home) / "storage"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "rnn_core",
+    }
+    applied = {k: v for k, v in defaults.items() if k not in os.environ}
+    os.environ.update(applied)
+    return applied
+
+
+apply_defaults()
