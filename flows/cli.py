@@ -13,6 +13,53 @@ app = typer.Typer(
 # Commands are added below, one section per flow. Keep each command a thin call into flows/.
 
 
+# --- prepare: download, preprocess and bucket the datasets --------------------------------------
+@app.command()
+def prepare(
+    data_dir: str = typer.Option("data", help="raw downloads and processed Parquet go here"),
+    dataset: list[str] = typer.Option(  # noqa: B008  (typer's way to declare an option)
+        [], "--dataset", "-d", help="only these datasets (repeatable; default: all four)"),
+    vocab_size: int = typer.Option(20000, help="AG News word vocabulary size"),
+):
+    """Download (mirror first: $RNN_DATA_MIRROR), verify, preprocess and bucket the datasets."""
+    import time
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.prepare import ALL_DATASETS, prepare_data
+
+    unknown = sorted(set(dataset) - set(ALL_DATASETS))
+    if unknown:
+        raise typer.BadParameter(f"unknown {unknown}; choose from {ALL_DATASETS}")
+    started = time.perf_counter()
+    summary = prepare_data(datasets=dataset or ALL_DATASETS, data_dir=data_dir,
+                           vocab_size=vocab_size)
+    seconds = time.perf_counter() - started
+    table = Table(title=f"Prepared data under {data_dir}/processed")
+    for column in ("dataset", "train variant", "train rows", "test rows", "vocab",
+                   "padding, random batches", "padding, buckets"):
+        table.add_column(column, justify="left" if column in ("dataset", "train variant")
+                         else "right")
+    for name, s in summary.items():
+        pad = s["padding"]
+        table.add_row(
+            name, s["variant"] if s["variant"] == "full" else f"[bold red]{s['variant']}[/]",
+            f"{s['rows']['train']:,}", f"{s['rows']['test']:,}",
+            "-" if s["vocab_size"] is None else f"{s['vocab_size']:,}",
+            "-" if pad is None else f"{pad['random']:.1%} (batch {pad['batch_size']})",
+            "-" if pad is None else f"{pad['buckets']:.1%} ({pad['num_buckets']} buckets)")
+    console = Console()
+    console.print(table)
+    console.print("Rows: metro one per (day, slot, station); trump/moliere one per text line "
+                  "(train/test split by characters); ag_news one per article.")
+    for name, s in summary.items():
+        for note in s["notes"]:
+            console.print(f"[bold red]WARNING[/] {name}: {note}")
+    console.print(f"Done in {seconds:.1f} s (steps whose inputs did not change were reused "
+                  "from the cache).")
+
+
 # --- run: the whole pipeline -------------------------------------------------------------------
 @app.command()
 def run(
@@ -46,6 +93,124 @@ def run(
     console.print(table)
     console.print(f"Done in {time.perf_counter() - started:.0f} s. Open the results with "
                   "`make ui` (MLflow at http://127.0.0.1:5000).")
+
+
+
+# --- operate: servers, deployments, comparisons, champions --------------------------------------
+def _print_frame(frame, title: str, fmt: str) -> None:
+    """A DataFrame as a rich table (fmt=table), Markdown or CSV on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if frame.empty:
+        typer.echo(f"{title}: nothing found.")
+        return
+    if fmt == "markdown":
+        typer.echo(frame.to_markdown(index=False, floatfmt=".4g"))
+    elif fmt == "csv":
+        typer.echo(frame.to_csv(index=False), nl=False)
+    else:
+        table = Table(title=title)
+        for column in frame.columns:
+            table.add_column(str(column), overflow="fold")
+        for row in frame.itertuples(index=False):
+            table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+        Console(width=max(200, Console().width)).print(table)
+
+
+@app.command()
+def ui(
+    prefect_port: int = typer.Option(4200, help="Prefect UI and API port on 127.0.0.1"),
+    mlflow_port: int = typer.Option(5000, help="MLflow UI and tracking server port"),
+    backend_store_uri: str = typer.Option(
+        None, help="MLflow store (default: sqlite:///<project>/mlruns/mlflow.db; a "
+        "postgresql:// URI is passed through unchanged)"),
+):
+    """Start the Prefect server and the MLflow UI on 127.0.0.1 with the project's stores."""
+    import time
+    from pathlib import Path
+
+    from flows.servers import local_servers
+
+    with local_servers(Path.cwd(), prefect_port, mlflow_port, backend_store_uri) as (pf, ml):
+        typer.echo(f"Prefect UI  {pf.url}    (export PREFECT_API_URL={pf.api_url})")
+        typer.echo(f"MLflow UI   {ml.url}    (export MLFLOW_TRACKING_URI={ml.url} to log "
+                   "through it; runs written straight to mlruns/mlflow.db show up as well)")
+        typer.echo("Ctrl-C stops both.")
+        try:
+            while pf.process.poll() is None and ml.process.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            typer.echo("Stopping the servers...")
+
+
+@app.command()
+def serve(
+    profile: str = typer.Option("default", help="profile the deployments run by default"),
+    schedule: bool = typer.Option(True, help="nightly pipeline schedule on (--no-schedule: off)"),
+    limit: int = typer.Option(1, help="flow runs at a time (training shares the cores)"),
+    api_url: str = typer.Option(None, help="Prefect API (default: $PREFECT_API_URL, else the "
+                                "`make ui` server at http://127.0.0.1:4200/api)"),
+):
+    """Register the pipeline and experiment deployments and run their flow runs (one process)."""
+    import os
+    import urllib.request
+
+    url = api_url or os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api"
+    try:
+        urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=5).close()
+    except OSError as err:
+        raise typer.BadParameter(f"no Prefect server answers at {url} ({err}); start one with "
+                                 "`make ui` or pass --api-url", param_hint="--api-url") from None
+    os.environ["PREFECT_API_URL"] = url  # before prefect reads its settings
+    from flows.deployments import serve_all
+
+    serve_all(profile=profile, schedule_active=schedule, limit=limit)
+
+
+@app.command()
+def compare(
+    last: int = typer.Option(10, help="how many of the latest child runs"),
+    task: str = typer.Option(None, help="only this experiment, e.g. ag_news"),
+    profile: str = typer.Option(None, help="only runs of this profile"),
+    pipeline_id: str = typer.Option(None, help="only runs of this pipeline run (flow run id)"),
+    champions: bool = typer.Option(False, help="list each model's champion instead"),
+    fmt: str = typer.Option("table", "--format", help="table, markdown or csv"),
+    tracking_uri: str = typer.Option(None, help="MLflow store (default: mlruns/mlflow.db)"),
+):
+    """Print the summary table of the latest runs (or the champions) from the MLflow store."""
+    from tasks.tracking import configure
+    from tasks.tracking.compare import champions_table, recent_runs_table
+
+    client = configure(tracking_uri)
+    if champions:
+        _print_frame(champions_table(client), "champions", fmt)
+    else:
+        frame = recent_runs_table(client, last, task=task, profile=profile,
+                                  pipeline_id=pipeline_id)
+        _print_frame(frame, f"latest {last} runs", fmt)
+
+
+@app.command()
+def predict(
+    model: str = typer.Argument(..., help="registered name (rnnflow-ag-news-lstm) or a task"),
+    inputs: str = typer.Option(..., "--input", help=".npy file: batch-first ids or features"),
+    config: str = typer.Option(None, help="configuration name when MODEL is a task"),
+    output: str = typer.Option(None, help="write the predictions to this .npy file"),
+    tracking_uri: str = typer.Option(None, help="MLflow store (default: mlruns/mlflow.db)"),
+):
+    """Load models:/<name>@champion and predict once on a .npy batch."""
+    import numpy as np
+
+    from tasks.tracking.inference import predict as predict_champion
+
+    batch = np.load(inputs, allow_pickle=False)
+    out = predict_champion(model, batch, config=config, tracking_uri=tracking_uri)
+    if output:
+        np.save(output, out)
+    typer.echo(f"input {batch.shape} {batch.dtype} -> output {out.shape} {out.dtype}")
+    if out.ndim == 2:  # class logits: the predicted class per row
+        typer.echo(f"argmax: {out.argmax(axis=1).tolist()}")
 
 
 if __name__ == "__main__":
