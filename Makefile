@@ -12,7 +12,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export UV_COMPILE_BYTECODE ?= 1
 
-.PHONY: install run test test-fast prepare ui lint clean
+.PHONY: install run test test-fast prepare ui serve lint clean
 
 $(BIN)/rnnflow: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test: install  ## the whole test suite (slow tests included), as CI runs it
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+ui: install  ## Prefect (:4200) and MLflow (:5000) UIs on 127.0.0.1 with the project's stores; Ctrl-C stops both
+	$(BIN)/rnnflow ui
+
+serve: install  ## register the deployments (nightly pipeline + each experiment) and run them; needs `make ui`
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/rnnflow serve
 
 lint: install
 	$(BIN)/ruff check rnn_core tasks flows tests benchmarks

@@ -127,11 +127,15 @@ def ui(
         "postgresql:// URI is passed through unchanged)"),
 ):
     """Start the Prefect server and the MLflow UI on 127.0.0.1 with the project's stores."""
+    import signal
+    import sys
     import time
     from pathlib import Path
 
     from flows.servers import local_servers
 
+    # A SIGTERM (kill, a supervisor) unwinds like Ctrl-C, so both server groups get stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with local_servers(Path.cwd(), prefect_port, mlflow_port, backend_store_uri) as (pf, ml):
         typer.echo(f"Prefect UI  {pf.url}    (export PREFECT_API_URL={pf.api_url})")
         typer.echo(f"MLflow UI   {ml.url}    (export MLFLOW_TRACKING_URI={ml.url} to log "
