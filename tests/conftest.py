@@ -82,3 +82,18 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory):
+    """A real Prefect server and MLflow tracking server on free 127.0.0.1 ports, with their
+    stores in a temp folder; both process groups are stopped at the end of the session."""
+    from types import SimpleNamespace
+
+    from flows.servers import local_servers
+
+    root = tmp_path_factory.mktemp("servers")
+    with local_servers(project_dir=root, prefect_port=0, mlflow_port=0,
+                       prefect_home=str(root / ".prefect-server"), log_dir=root / "logs",
+                       backend_store_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}") as (pf, ml):
+        yield SimpleNamespace(prefect=pf, mlflow=ml, root=root)
