@@ -33,16 +33,18 @@ BATCH_SIZE = 64
 
 @flow(name="prepare-data")
 def prepare_data(datasets: list[Dataset] = ALL_DATASETS, data_dir: str = "data",
-                 vocab_size: int = 20000, mirror: str | None = None) -> dict[str, dict]:
+                 vocab_size: int = 20000, mirror: str | None = None,
+                 mirror_only: bool = False) -> dict[str, dict]:
     """Download, preprocess and bucket each dataset; returns a summary per dataset.
 
     `mirror`: a folder or base URL laid out <dataset>/<file>; None reads $RNN_DATA_MIRROR.
+    `mirror_only`: never contact the upstream URLs (offline machines, tests).
     """
     data = Path(data_dir).resolve()
     summary = {}
     for name in datasets:
         out_dir = str(data / "processed" / name)
-        raw = download_dataset(name, str(data / "raw"), mirror)
+        raw = download_dataset(name, str(data / "raw"), mirror, mirror_only)
         if name == "metro":
             processed = rerun_if_outputs_missing(preprocess_metro, out_dir)(raw, out_dir)
         elif name == "ag_news":

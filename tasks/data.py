@@ -80,9 +80,11 @@ def retry_if_transient(task: Task, task_run: Any, state: Any) -> bool:
 @task(name="download", retries=3, retry_delay_seconds=[2, 5, 15],
       retry_condition_fn=retry_if_transient, task_run_name="download-{dataset}")
 def download_dataset(dataset: str, raw_dir: str, mirror: str | None = None,
+                     mirror_only: bool = False,
                      sources_file: str = str(DEFAULT_SOURCES_FILE)) -> dict:
     """Fetch and verify one dataset's raw files; returns their paths, checksums and variant."""
-    fetched = fetch_dataset(load_sources(sources_file)[dataset], raw_dir, mirror)
+    spec = load_sources(sources_file)[dataset]
+    fetched = fetch_dataset(spec, raw_dir, mirror, upstream=not mirror_only)
     for note in fetched.notes:
         get_run_logger().warning("USING A SUBSET: %s", note)
     return {"dataset": dataset, "variant": fetched.variant, "notes": fetched.notes,

@@ -320,3 +320,10 @@ def test_no_source_at_all_is_permanent(raw_dir):
     with pytest.raises(PermanentFetchError, match="no mirror set"):
         fetch(spec_for("classes.txt", CLASSES), raw_dir, mirror="")
     assert not os.path.exists(raw_dir / "ag_news" / "classes.txt")
+
+
+def test_mirror_only_never_contacts_upstream(server, raw_dir):
+    spec = spec_for("test.csv", TEST_CSV, sources=(Source(f"{server.url}/ag_news/test.csv"),))
+    with pytest.raises(PermanentFetchError, match="no upstream source allowed"):
+        fetch(spec, raw_dir, mirror="", upstream=False)
+    assert server.requests == []

@@ -89,20 +89,24 @@ class FetchedDataset:
 
 
 def fetch_dataset(dataset: DatasetSpec, raw_dir: str | os.PathLike,
-                  mirror: str | os.PathLike | None = None) -> FetchedDataset:
-    """Fetch every file of `dataset`, using a file's fallback when the file cannot be had."""
+                  mirror: str | os.PathLike | None = None, *,
+                  upstream: bool = True) -> FetchedDataset:
+    """Fetch every file of `dataset`, using a file's fallback when the file cannot be had.
+
+    `mirror` as in `fetch`; upstream=False never contacts the upstream URLs (mirror only).
+    """
     files: dict[str, Path] = {}
     checksums: dict[str, str] = {}
     variant, notes = "full", []
     for spec in dataset.primary_files():
         used = spec
         try:
-            path = fetch(spec, raw_dir, mirror)
+            path = fetch(spec, raw_dir, mirror, upstream=upstream)
         except FetchError as err:
             if spec.fallback is None:
                 raise
             used = dataset.file(spec.fallback)
-            path = fetch(used, raw_dir, mirror)
+            path = fetch(used, raw_dir, mirror, upstream=upstream)
             rows = f"{used.rows:,}-row " if used.rows else ""
             full_rows = f" ({spec.rows:,} rows)" if spec.rows else ""
             note = (f"{spec.file_id} could not be had, so {used.file_id} was used instead: "
@@ -116,12 +120,12 @@ def fetch_dataset(dataset: DatasetSpec, raw_dir: str | os.PathLike,
     return FetchedDataset(dataset.name, files, checksums, variant, notes)
 
 
-def fetch(spec: FileSpec, raw_dir: str | os.PathLike,
-          mirror: str | os.PathLike | None = None, *, progress: bool | None = None) -> Path:
+def fetch(spec: FileSpec, raw_dir: str | os.PathLike, mirror: str | os.PathLike | None = None,
+          *, upstream: bool = True, progress: bool | None = None) -> Path:
     """Return `<raw_dir>/<dataset>/<name>`, verified, fetching it first if needed.
 
-    `mirror`: None reads $RNN_DATA_MIRROR; "" means no mirror. `progress`: None shows a bar for
-    large or unknown-size downloads. Raises TransientFetchError when any source failed in a way
+    `mirror`: None reads $RNN_DATA_MIRROR; "" means no mirror. upstream=False: mirror only.
+    `progress`: None shows a bar for large or unknown-size downloads. Raises TransientFetchError when any source failed in a way
     a retry may fix, else PermanentFetchError; the message lists every source tried and why.
     """
     target = Path(raw_dir) / spec.dataset / spec.name
@@ -135,7 +139,7 @@ def fetch(spec: FileSpec, raw_dir: str | os.PathLike,
                         target, err.reason)
     target.parent.mkdir(parents=True, exist_ok=True)
     failures: list[FetchError] = []
-    for source in candidate_sources(spec, mirror):
+    for source in candidate_sources(spec, mirror, upstream):
         try:
             _fetch_from(spec, source, target, progress)
             log.info("fetched %s from %s", spec.file_id, source.url)
@@ -144,8 +148,8 @@ def fetch(spec: FileSpec, raw_dir: str | os.PathLike,
             log.info("could not fetch %s: %s", spec.file_id, err)
             failures.append(err)
     if not failures:
-        raise PermanentFetchError("no mirror set (RNN_DATA_MIRROR) and no upstream source",
-                                  file=spec.file_id)
+        raise PermanentFetchError("no mirror set (RNN_DATA_MIRROR) and no upstream source"
+                                  + ("" if upstream else " allowed"), file=spec.file_id)
     kind = (TransientFetchError if any(isinstance(f, TransientFetchError) for f in failures)
             else PermanentFetchError)
     tried = "\n".join(f"  - {f.url}: {f.reason}" for f in failures)
@@ -153,7 +157,8 @@ def fetch(spec: FileSpec, raw_dir: str | os.PathLike,
                attempts=tuple(failures))
 
 
-def candidate_sources(spec: FileSpec, mirror: str | os.PathLike | None = None) -> list[Source]:
+def candidate_sources(spec: FileSpec, mirror: str | os.PathLike | None = None,
+                      upstream: bool = True) -> list[Source]:
     """The mirror's copy (when a mirror is set) followed by the upstream sources, in order."""
     base = os.environ.get("RNN_DATA_MIRROR", "") if mirror is None else os.fspath(mirror)
     found: list[Source] = []
@@ -162,7 +167,7 @@ def candidate_sources(spec: FileSpec, mirror: str | os.PathLike | None = None) -
     elif base:
         folder = Path(base.removeprefix("file://")).expanduser().resolve()
         found.append(Source(str(folder / spec.dataset / spec.name)))
-    return found + list(spec.sources)
+    return found + (list(spec.sources) if upstream else [])
 
 
 def verify(path: Path, spec: FileSpec, *, url: str | None) -> None:
