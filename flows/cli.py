@@ -27,37 +27,43 @@ def prepare(
     from rich.console import Console
     from rich.table import Table
 
-    from flows.prepare import ALL_DATASETS, prepare_data
+    from flows.prepare import ALL_DATASETS, prepare_data, step_count, step_states
 
     unknown = sorted(set(dataset) - set(ALL_DATASETS))
     if unknown:
         raise typer.BadParameter(f"unknown {unknown}; choose from {ALL_DATASETS}")
+    chosen = dataset or ALL_DATASETS
     started = time.perf_counter()
-    summary = prepare_data(datasets=dataset or ALL_DATASETS, data_dir=data_dir,
-                           vocab_size=vocab_size)
+    state = prepare_data(datasets=chosen, data_dir=data_dir, vocab_size=vocab_size,
+                         return_state=True)
+    summary = state.result()  # raises the failing step's error (it names the file)
     seconds = time.perf_counter() - started
     table = Table(title=f"Prepared data under {data_dir}/processed")
-    for column in ("dataset", "train variant", "train rows", "test rows", "vocab",
-                   "padding, random batches", "padding, buckets"):
-        table.add_column(column, justify="left" if column in ("dataset", "train variant")
-                         else "right")
+    for column in ("dataset", "train", "train rows", "test rows", "vocab", "padding, random",
+                   "padding, buckets"):
+        table.add_column(column, justify="left" if column in ("dataset", "train") else "right")
+    batch = "-"
     for name, s in summary.items():
         pad = s["padding"]
+        batch = pad["batch_size"] if pad else batch
         table.add_row(
             name, s["variant"] if s["variant"] == "full" else f"[bold red]{s['variant']}[/]",
             f"{s['rows']['train']:,}", f"{s['rows']['test']:,}",
             "-" if s["vocab_size"] is None else f"{s['vocab_size']:,}",
-            "-" if pad is None else f"{pad['random']:.1%} (batch {pad['batch_size']})",
-            "-" if pad is None else f"{pad['buckets']:.1%} ({pad['num_buckets']} buckets)")
+            "-" if pad is None else f"{pad['random']:.1%}",
+            "-" if pad is None else f"{pad['buckets']:.1%} ({pad['num_buckets']})")
     console = Console()
     console.print(table)
-    console.print("Rows: metro one per (day, slot, station); trump/moliere one per text line "
-                  "(train/test split by characters); ag_news one per article.")
+    console.print(f"Padding: share of padded slots in batches of {batch}, drawn at random or per "
+                  "length bucket (number of buckets). Rows: metro one per (day, slot, station); "
+                  "trump/moliere one per line of text; ag_news one per article.")
     for name, s in summary.items():
         for note in s["notes"]:
             console.print(f"[bold red]WARNING[/] {name}: {note}")
-    console.print(f"Done in {seconds:.1f} s (steps whose inputs did not change were reused "
-                  "from the cache).")
+    states = step_states(state, expected=step_count(chosen))
+    cached = sum(1 for v in states.values() if v == "Cached")
+    console.print(f"Done in {seconds:.1f} s: {cached} of {len(states)} steps reused from the "
+                  "cache (downloads always re-verify the files on disk).")
 
 
 # --- run: the whole pipeline -------------------------------------------------------------------

@@ -9,10 +9,13 @@ were deleted runs again.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Literal
 
 from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from tasks.data import (
     bucket_lengths,
@@ -77,3 +80,25 @@ def summarise(raw: dict, processed: dict, buckets: dict | None) -> dict:
         },
         "out_dir": processed["out_dir"],
     }
+
+
+def step_count(datasets: list[str]) -> int:
+    """Task runs prepare_data makes: download + preprocess per dataset, bucket where variable."""
+    return 2 * len(datasets) + len(VARIABLE_LENGTH.intersection(datasets))
+
+
+def step_states(flow_state, expected: int, timeout_s: float = 20) -> dict[str, str]:
+    """Task run name -> final state name ("Completed", "Cached", ...) of one flow run.
+
+    Task states reach the API through events, a moment after the flow returns: poll until the
+    `expected` runs all report a final state (or the timeout passes).
+    """
+    of_this_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=of_this_run)
+            final = [r for r in runs if r.state is not None and r.state.is_final()]
+            if len(final) >= expected or time.monotonic() > deadline:
+                return {r.name: r.state.name for r in runs if r.state is not None}
+            time.sleep(0.25)

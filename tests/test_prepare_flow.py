@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import (
     PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW,
     PREFECT_RESULTS_LOCAL_STORAGE_PATH,
@@ -18,7 +16,7 @@ from prefect.settings import (
 )
 from test_download import MirrorServer
 
-from flows.prepare import prepare_data
+from flows.prepare import ALL_DATASETS, prepare_data, step_count, step_states
 from rnn_core.datasets.io import read_json
 from rnn_core.datasets.sources import PermanentFetchError
 from tasks.data import download_dataset
@@ -26,21 +24,8 @@ from tasks.data import download_dataset
 pytestmark = pytest.mark.slow
 
 
-def task_states(flow_state, expected: int = 9, timeout_s: float = 20) -> dict[str, str]:
-    """Task run name -> final state name ("Completed", "Cached", ...) for one flow run.
-
-    Task states reach the API through events, a moment after the flow returns: poll until all
-    `expected` runs (4 downloads, 4 preprocess steps, 1 bucket step) report a final state.
-    """
-    runs_of_flow = FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(flow_run_filter=runs_of_flow)
-            final = [r for r in runs if r.state is not None and r.state.is_final()]
-            if len(final) == expected == len(runs) or time.monotonic() > deadline:
-                return {r.name: r.state.name for r in runs if r.state is not None}
-            time.sleep(0.25)
+def task_states(flow_state) -> dict[str, str]:
+    return step_states(flow_state, expected=step_count(ALL_DATASETS))
 
 
 def timed_run(data_dir: Path, mirror: Path):
