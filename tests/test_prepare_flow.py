@@ -4,6 +4,7 @@ and the download task's retry policy against a real HTTP server on 127.0.0.1."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from pathlib import Path
 
@@ -82,6 +83,25 @@ def test_prepare_data_end_to_end_then_cached(prefect_harness, mirror_dir, tmp_pa
         assert states["preprocess-moliere"] == "Cached"
         assert pq.ParquetFile(processed / "trump" / "train.parquet").metadata.num_rows == rows[
             "trump/train.parquet"]
+
+        # Bad input: a mirror whose moliere.txt is cut short. The run stops at that file, names
+        # it, and leaves the earlier good raw and processed files as they were.
+        bad_mirror = tmp_path / "bad_mirror"
+        for src in mirror_dir.glob("*/*"):
+            (bad_mirror / src.parent.name).mkdir(parents=True, exist_ok=True)
+            (bad_mirror / src.parent.name / src.name).symlink_to(src)
+        truncated = bad_mirror / "moliere" / "moliere.txt"
+        truncated.unlink()
+        truncated.write_bytes((mirror_dir / "moliere" / "moliere.txt").read_bytes()[:100_000])
+        shutil.rmtree(data_dir / "raw" / "moliere")
+        before = {p: (processed / p).stat().st_mtime_ns for p in parquets}
+        failed, _ = timed_run(data_dir, bad_mirror)
+        assert failed.is_failed()
+        with pytest.raises(PermanentFetchError, match="moliere/moliere.txt") as info:
+            failed.result()
+        assert "size is 100,000 bytes" in str(info.value)
+        assert list((data_dir / "raw" / "moliere").iterdir()) == []  # no partial copy
+        assert {p: (processed / p).stat().st_mtime_ns for p in parquets} == before
 
 
 @pytest.fixture
