@@ -42,8 +42,8 @@ def start_process(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.
 def prefect_cli(args: list[str], env: dict[str, str], timeout: float = 300):
     """Run `prefect <args>` from the repo root; returns the CompletedProcess (text)."""
     exe = Path(sys.executable).parent / "prefect"
-    return subprocess.run([str(exe), *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([str(exe), *args], check=False, cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def client(api_url: str) -> SyncPrefectClient:

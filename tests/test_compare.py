@@ -3,6 +3,7 @@ parent run's summary table holds, filters work, the pipeline summary run carries
 tasks, and `rnnflow predict` serves the champion."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -59,10 +60,9 @@ def store(tmp_path_factory):
 
 
 def test_compare_rows_match_the_parent_summary_table(store):
-    uri, client, rows_by_task, _ = store
-    parent, rows = rows_by_task["ag_news"]
-    summary = pd.read_csv(io.StringIO(
-        open(client.download_artifacts(parent, "summary.csv")).read()))
+    _, client, rows_by_task, _ = store
+    parent, _ = rows_by_task["ag_news"]
+    summary = pd.read_csv(client.download_artifacts(parent, "summary.csv"))
     table = compare.recent_runs_table(client, last=10, task="ag_news")
     assert list(table["config"]) == ["gru", "lstm"]  # newest first
     by_run = table.set_index("run_id")
@@ -88,7 +88,7 @@ def test_compare_filters_and_limits(store):
 
 
 def test_compare_command_prints_the_table(store):
-    uri, _, rows_by_task, _ = store
+    uri, _, _, _ = store
     result = CliRunner().invoke(app, ["compare", "--last", "5", "--format", "csv",
                                       "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
@@ -112,7 +112,7 @@ def test_pipeline_summary_run_holds_every_task(store):
     assert run.data.tags["rnnflow.role"] == "pipeline" and run.info.status == "FINISHED"
     table = pd.read_csv(client.download_artifacts(run_id, "summary.csv"))
     assert sorted(table["task"]) == ["ag_news", "ag_news", "metro_forecasting"]
-    html = open(client.download_artifacts(run_id, "summary.html")).read()
+    html = Path(client.download_artifacts(run_id, "summary.html")).read_text()
     assert "<table" in html and "metro_forecasting" in html
     # The pipeline run is not a child run: compare does not list it.
     assert len(compare.recent_runs_table(client, last=10)) == 3

@@ -24,7 +24,7 @@ from typing import Any
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
@@ -85,9 +85,20 @@ def git_commit() -> str:
 def start_parent_run(
     client: MlflowClient, task: str, profile: str, pipeline_id: str, params: dict[str, Any]
 ) -> str:
-    """Open the parent run of one task within one pipeline run; returns its run id."""
+    """Open the parent run of one task within one pipeline run; returns its run id.
+
+    Runs of the same task and pipeline run still marked RUNNING were left by a killed attempt of
+    this flow run (a retry keeps the pipeline id): they are closed as KILLED first.
+    """
+    exp_id = experiment_id(client, task)
+    interrupted = client.search_runs(
+        [exp_id], f"tags.`rnnflow.pipeline_id` = '{pipeline_id}' and attributes.status = 'RUNNING'"
+    )
+    for stale in interrupted:
+        client.set_tag(stale.info.run_id, "rnnflow.interrupted", "a retry of this flow run began")
+        client.set_terminated(stale.info.run_id, status="KILLED")
     run = client.create_run(
-        experiment_id(client, task),
+        exp_id,
         run_name=f"{task}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}",
         tags={
             "rnnflow.task": task,

@@ -1,0 +1,198 @@
+"""Kill a training process mid-run, retry the flow run, and watch it resume from its checkpoint.
+
+A served deployment runs one tracked experiment (a tiny stand-in defined here, trained by the
+real loop, logged by the real tasks). Once a checkpoint exists, the flow run's process gets
+SIGKILL; the runner marks the run Crashed; `prefect flow-run retry` schedules the same flow run
+again, so its id — the pipeline id keying the checkpoint folder — is unchanged and training
+resumes. Fewer epochs run the second time, and the logged result matches an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from prefect import flow
+
+from rnn_core import experiments
+from rnn_core.models import Batch, build_model, config_dict
+from rnn_core.results import Headline, RunResult
+from rnn_core.training import TrainConfig, evaluate, train
+
+STANDIN = "resume_standin"  # test-only experiment name; never part of the package
+LENGTH = 60  # time steps per sequence
+
+
+# --- a tiny stand-in experiment with the package's contract (test-only) -------------------------
+@dataclass
+class Config:
+    epochs: int = 6
+    hidden_size: int = 48
+    train_size: int = 3072
+    test_size: int = 512
+    seed: int = 0
+
+
+HEADLINE = Headline("test_accuracy", "max")
+
+
+def plan(config: Config) -> list[str]:
+    return ["gru"]
+
+
+def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: L x n x 1 noise; y: whether the last quarter sums above zero."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(LENGTH, n, 1, generator=g)
+    return x, (x[-LENGTH // 4 :].sum(dim=(0, 2)) > 0).long()
+
+
+def _batches(x, y, seed: int, size: int = 64) -> list[Batch]:
+    order = torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(seed))
+    return [Batch(x[:, idx], y[idx]) for idx in order.split(size)]
+
+
+class _EpochLog:
+    """Appends '<pid> <epoch>' per finished epoch: which process ran which epochs."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_epoch_end(self, epoch, metrics):
+        with self.path.open("a") as fh:
+            fh.write(f"{os.getpid()} {epoch}\n")
+
+
+def run_one(config: Config, name: str, data_dir: Path, work_dir: Path, callbacks=None):
+    torch.set_num_threads(1)  # same arithmetic in every process: results comparable
+    folder = Path(work_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pid").write_text(str(os.getpid()))  # the process the test kills
+    x, y = _data(config.train_size, config.seed)
+    tx, ty = _data(config.test_size, config.seed + 1)
+    torch.manual_seed(config.seed)  # the initial weights too, not only the training draws
+    model = build_model({"kind": "classifier", "num_classes": 2, "input_size": 1,
+                         "cell": "gru", "hidden_size": config.hidden_size})
+    given = [callbacks] if callbacks is not None else []
+    out = train(model, batches=lambda epoch: _batches(x, y, epoch),
+                config=TrainConfig(epochs=config.epochs, lr=1e-2, seed=config.seed),
+                callbacks=[*given, _EpochLog(folder / "epochs.log")], checkpoint_dir=folder)
+    scores = evaluate(model, _batches(tx, ty, 0))
+    return RunResult(
+        task=STANDIN, name=name, params={"config": config.__dict__},
+        metrics={"test_accuracy": scores["accuracy"], "test_loss": scores["loss"],
+                 "resumed_from_epoch": float(out.resumed_from)},
+        headline=HEADLINE, history=out.history, tags={"model": "gru", "data_variant": "synthetic"},
+        dataset={"test_rows": config.test_size}, model_config=config_dict(model),
+        checkpoint=Path(out.checkpoint), seconds=1.0,
+    )
+
+
+STANDIN_MODULE = types.SimpleNamespace(Config=Config, HEADLINE=HEADLINE, plan=plan,
+                                       run_one=run_one)
+
+
+@flow(name="resume-standin")
+def standin_flow(work_dir: str, epochs: int = 6, pipeline_id: str | None = None) -> list[dict]:
+    """The real tracked-experiment recipe (flows.experiments.run_tracked) on the stand-in."""
+    from flows.experiments import run_tracked
+
+    original = experiments.get
+    experiments.get = lambda name: STANDIN_MODULE if name == STANDIN else original(name)
+    return run_tracked(STANDIN, Config(epochs=epochs), "resume-test", "unused", work_dir,
+                       None, pipeline_id)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:  # the serving process of the test
+    standin_flow.serve(name="resume", limit=1)
+
+
+# --- the test ----------------------------------------------------------------------------------
+pytestmark = pytest.mark.slow
+
+
+def test_killed_training_resumes_when_the_flow_run_is_retried(local_stack, tmp_path):
+    from mlflow import MlflowClient
+    from operate_support import (
+        UUID_RE,
+        deployment_or_none,
+        flow_run_state,
+        prefect_cli,
+        stack_env,
+        start_process,
+        stop_group,
+        wait_for,
+    )
+
+    from rnn_core.checkpoints import LAST, load_checkpoint
+
+    api = local_stack.prefect.api_url
+    work_dir = tmp_path / "checkpoints"
+    env = stack_env(local_stack, tmp_path / "prefect-home")
+    log = tmp_path / "serve.log"
+    server = start_process([sys.executable, str(Path(__file__)), "serve"], env, log)
+    try:
+        wait_for(lambda: deployment_or_none(api, "resume-standin/resume"), 120,
+                 "the stand-in deployment", server, log)
+        started = prefect_cli(["deployment", "run", "resume-standin/resume",
+                               "-p", f"work_dir={work_dir}"], env, timeout=120)
+        assert started.returncode == 0, started.stdout + started.stderr
+        run_id = UUID_RE.search(started.stdout).group(1)
+        folder = work_dir / run_id / STANDIN / "gru"  # keyed by the flow run id
+
+        # -- kill the flow run's process once a checkpoint of epoch >= 2 exists -----------------
+        def checkpointed_epoch():
+            try:
+                return load_checkpoint(folder / LAST)["epoch"] >= 2
+            except (FileNotFoundError, ValueError):
+                return False
+
+        wait_for(checkpointed_epoch, 240, "a checkpoint after two epochs", server, log, 0.1)
+        os.kill(int((folder / "pid").read_text()), signal.SIGKILL)
+        wait_for(lambda: flow_run_state(api, run_id) == "CRASHED", 60, "the run to crash",
+                 server, log)
+        first = [line.split() for line in (folder / "epochs.log").read_text().splitlines()]
+        assert len(first) < 6, "the kill came too late to interrupt training"
+
+        # -- retry the same flow run; the runner picks it up again ------------------------------
+        retried = prefect_cli(["flow-run", "retry", run_id], env, timeout=120)
+        assert retried.returncode == 0, retried.stdout + retried.stderr
+        wait_for(lambda: flow_run_state(api, run_id) in ("COMPLETED", "FAILED", "CRASHED"),
+                 300, "the retried run to finish", server, log)
+        assert flow_run_state(api, run_id) == "COMPLETED", log.read_text()[-3000:]
+    finally:
+        stop_group(server)
+
+    lines = [line.split() for line in (folder / "epochs.log").read_text().splitlines()]
+    first_pid = first[0][0]
+    second = [int(epoch) for pid, epoch in lines if pid != first_pid]
+    resumed_at = second[0]
+    assert 2 <= resumed_at <= len(first)  # from the last checkpoint, not from scratch
+    assert second == list(range(resumed_at, 6))  # fewer epochs the second time
+    assert len(second) < 6
+    print(f"first attempt ran epochs {[int(e) for _, e in first]}, killed; retry ran {second}")
+
+    # -- the logged result equals an uninterrupted run's -----------------------------------------
+    reference = run_one(Config(), "gru", tmp_path, tmp_path / "reference")
+    client = MlflowClient(local_stack.mlflow.api_url)
+    experiment = client.get_experiment_by_name(f"rnnflow/{STANDIN}")
+    children = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`rnnflow.pipeline_id` = '{run_id}' and tags.`rnnflow.role` = 'child'")
+    assert [c.info.status for c in children] == ["FINISHED"]
+    logged = children[0].data.metrics
+    assert logged["resumed_from_epoch"] == resumed_at
+    assert logged["test_loss"] == pytest.approx(reference.metrics["test_loss"], rel=1e-4)
+    assert logged["test_accuracy"] == pytest.approx(reference.metrics["test_accuracy"], abs=1e-6)
+    assert len(client.get_metric_history(children[0].info.run_id, "train_loss")) == 6
+    # The killed attempt's parent run was closed by the retry, not left RUNNING forever.
+    parents = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`rnnflow.pipeline_id` = '{run_id}' and tags.`rnnflow.role` = 'parent'")
+    assert sorted(p.info.status for p in parents) == ["FINISHED", "KILLED"]
