@@ -8,6 +8,7 @@ from prefect.runtime import flow_run
 from flows.experiments import FLOWS
 from flows.prepare import prepare_data
 from flows.profiles import experiment_config, load_profile
+from tasks.experiments import log_pipeline_summary
 
 
 @flow(name="rnnflow-pipeline")
@@ -32,4 +33,7 @@ def pipeline(
             tracking_uri=tracking_uri,
             pipeline_id=pipeline_id,
         )
+    # One run in rnnflow/pipeline with the table across every task of this pipeline run.
+    rows = [row for task_rows in results.values() for row in task_rows]
+    log_pipeline_summary(rows, pipeline_id, chosen.name, tracking_uri)
     return results

@@ -18,7 +18,7 @@ from rnn_core import experiments
 from rnn_core.results import RunResult
 from tasks import tracking
 from tasks.progress import PrefectProgress
-from tasks.tracking import champion
+from tasks.tracking import champion, compare
 
 
 @task(
@@ -72,3 +72,12 @@ def log_result(result: RunResult, parent_run_id: str, tracking_uri: str,
         "device": result.device,
         **{k: v for k, v in result.metrics.items()},
     }
+
+
+@task(name="log-pipeline-summary", cache_policy=NO_CACHE, persist_result=False, retries=2,
+      retry_delay_seconds=[2, 10])
+def log_pipeline_summary(rows: list[dict], pipeline_id: str, profile: str,
+                         tracking_uri: str | None) -> str:
+    """One run in `rnnflow/pipeline` carrying the summary table of every task; returns its id."""
+    client = tracking.configure(tracking_uri)
+    return compare.log_pipeline_summary(client, pipeline_id, profile, rows)
