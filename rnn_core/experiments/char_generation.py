@@ -166,7 +166,9 @@ def samples_text(model, vocab: list[str], prompt: str, config: Config) -> str:
     sections = []
     for start, ids in (("prompt", prompt_ids), ("empty state", None)):
         for mode, temperature in modes:
-            generator = torch.Generator().manual_seed(config.seed)
+            # One seed per sample: with a shared seed, the prompt and empty-state samples at a
+            # temperature would draw the same numbers and soon write the same text.
+            generator = torch.Generator().manual_seed(config.seed + len(sections))
             out = generate(
                 model,
                 ids,
