@@ -14,6 +14,8 @@ The Mikolov language model is stepped with its own `one_step`.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,8 +71,13 @@ def _per_step_states(model: nn.Module, batch: Batch) -> tuple[list[torch.Tensor]
     return hs, _last_step_loss(model, state, batch)
 
 
-def hidden_gradient_norms(model: nn.Module, batch: Batch, layer: int = -1) -> torch.Tensor:
+def hidden_gradient_norms(
+    model: nn.Module, batch: Batch, layer: int = -1, float64: bool = False
+) -> torch.Tensor:
     """L floats: mean over the batch of || d loss_{L-1} / d h_t || for t = 0 .. L-1.
+
+    `float64=True` runs a float64 copy of the model: far from the loss a tanh RNN's gradients
+    fall below 1e-20, whose squares underflow float32, and the curve would end in exact zeros.
 
     h_t is the hidden state h of layer `layer` (default the top one; for an LSTM h, not the cell
     c). The loss is the model's loss at the last step only, summed over the batch so each
@@ -81,6 +88,10 @@ def hidden_gradient_norms(model: nn.Module, batch: Batch, layer: int = -1) -> to
         raise ValueError("hidden_gradient_norms needs sequences of equal length (no padding)")
     device = next(model.parameters()).device
     batch = batch.to(device)
+    if float64:
+        model = copy.deepcopy(model).double()
+        as64 = lambda t: t.double() if t.is_floating_point() else t
+        batch = Batch(as64(batch.x), as64(batch.y), batch.lengths)
     was_training = model.training
     model.eval()  # no dropout: the curve should not depend on a random mask
     try:
@@ -92,5 +103,5 @@ def hidden_gradient_norms(model: nn.Module, batch: Batch, layer: int = -1) -> to
     norms = []
     for g in grads:
         g = g if g.dim() == 2 else g[layer]  # B x hidden
-        norms.append(g.float().norm(dim=-1).mean())
+        norms.append(g.norm(dim=-1).mean())  # in the gradient's own dtype
     return torch.stack(norms).detach().cpu()

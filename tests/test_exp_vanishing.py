@@ -37,17 +37,18 @@ def test_vanish_distance_is_the_first_step_below_threshold_or_censored():
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_float64_norms_match_the_library_and_keep_tiny_values(cell):
+def test_float64_norms_match_float32_and_keep_tiny_values(cell):
     torch.manual_seed(0)
     model = build_model(vg.model_config(vg.Config(hidden_size=16), cell, vocab_size=10))
     x = torch.randint(0, 10, (120, 3))
     batch = Batch(x, torch.randint(0, 10, (120, 3)))
-    ours = vg.hidden_gradient_norms_f64(model, batch)
-    library = hidden_gradient_norms(model.double(), batch).double()  # float32 norms inside
-    close = library > 1e-15  # where float32 squares are still exact enough
+    f64 = hidden_gradient_norms(model, batch, float64=True)
+    f32 = hidden_gradient_norms(model, batch).double()
+    assert f64.dtype == torch.float64 and next(model.parameters()).dtype == torch.float32
+    close = f32 > 1e-15  # where float32 squares are still exact enough
     assert close[-10:].all()
-    assert torch.allclose(ours[close], library[close], rtol=1e-4)
-    assert (ours > 0).all()  # no underflow to zero, however far back
+    assert torch.allclose(f64[close], f32[close], rtol=1e-3)
+    assert (f64 > 0).all()  # no underflow to zero, however far back
 
 
 def test_run_one_smoke(prepared_data, tmp_path):

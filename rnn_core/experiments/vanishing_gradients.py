@@ -3,8 +3,8 @@
 For a tanh RNN, an LSTM and a GRU (character language models over an embedding, same hidden
 size), on real text windows of `seq_len` characters from the corpus' TEST split, we take the loss
 at the last step only and measure ||d loss / d h_{L-1-d}|| for every distance d, averaged over
-`measure_batch` windows (as rnn_core.gradients.hidden_gradient_norms does, but in float64 so
-tiny norms do not underflow: see hidden_gradient_norms_f64). Each curve is divided by its value at d = 0, so the three models share
+`measure_batch` windows (rnn_core.gradients.hidden_gradient_norms, in float64 so
+tiny norms do not underflow). Each curve is divided by its value at d = 0, so the three models share
 one scale. Two stages, because the picture changes with training:
     init     the freshly initialised models (torch.nn's uniform(+-1/sqrt(H)) weights),
     trained  the same models after brief truncated-BPTT training on the training split.
@@ -24,7 +24,6 @@ One RunResult for the whole study ("rnn-lstm-gru"); its checkpoint is the traine
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from rnn_core.experiments.text_streams import (
     encode_ids,
     epoch_batch_source,
 )
+from rnn_core.gradients import hidden_gradient_norms
 from rnn_core.models import Batch, build_model, config_dict
 from rnn_core.results import Headline, RunResult
 from rnn_core.training import TrainConfig, resolve_device, train
@@ -113,30 +113,9 @@ def measure_windows(test_ids: torch.Tensor, config: Config) -> Batch:
     return Batch(windows[:-1], windows[1:])
 
 
-def hidden_gradient_norms_f64(model, batch: Batch) -> torch.Tensor:
-    """`gradients.hidden_gradient_norms` (L floats, mean over the batch of ||d loss / d h_t||,
-    t = 0 .. L-1) computed in float64 from end to end.
-
-    Workaround: the library version casts each gradient to float32 before its norm, so far-back
-    gradients below ~1e-20 (squares below float32's range) come out as exact zeros and the tanh
-    RNN's curve is cut off. This keeps its per-step states and last-step loss, on a float64 copy
-    of the model, and takes the norms in float64.
-    """
-    from rnn_core.gradients import _per_step_states  # the library's per-step run, reused as is
-
-    probe = copy.deepcopy(model).double()
-    probe.eval()
-    batch = batch.to(next(probe.parameters()).device)
-    with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
-        hs, loss = _per_step_states(probe, batch)
-        grads = torch.autograd.grad(loss, hs)
-    # each grad: layers x B x hidden (the top layer is the last) -> mean over B of the norm
-    return torch.stack([(g if g.dim() == 2 else g[-1]).norm(dim=-1).mean() for g in grads]).cpu()
-
-
 def gradient_ratios(model, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     """(norms, ratios), both indexed by distance d = 0 .. L-1 from the loss (d = L-1-t)."""
-    norms = hidden_gradient_norms_f64(model, batch).numpy()[::-1].copy()
+    norms = hidden_gradient_norms(model, batch, float64=True).numpy()[::-1].copy()
     return norms, norms / norms[0]
 
 
