@@ -21,6 +21,7 @@ from rnn_core.experiments import (
 )
 from tasks import tracking
 from tasks.experiments import log_result, train_configuration
+from tasks.tracking.compare import finished_child, run_row
 
 
 def run_tracked(name: str, config, profile: str, data_dir: str, work_dir: str,
@@ -37,6 +38,10 @@ def run_tracked(name: str, config, profile: str, data_dir: str, work_dir: str,
     rows = []
     try:
         for config_name in experiments.get(name).plan(config):
+            logged = finished_child(client, name, pipeline_id, config_name)
+            if logged is not None:  # an earlier attempt of this flow run finished and logged it
+                rows.append(run_row(logged))
+                continue
             result = train_configuration(name, config, config_name, data_dir, str(run_dir))
             rows.append(log_result(result, parent, client.tracking_uri, tags))
     except BaseException:

@@ -130,3 +130,13 @@ def test_predict_command_loads_the_champion(store, tmp_path):
     missing = CliRunner().invoke(app, ["predict", "rnnflow-nope", "--input", str(batch),
                                        "--tracking-uri", uri])
     assert missing.exit_code != 0 and "no champion" in str(missing.exception)
+
+
+def test_finished_child_finds_what_an_earlier_attempt_logged(store):
+    _, client, rows_by_task, _ = store
+    _, rows = rows_by_task["ag_news"]
+    found = compare.finished_child(client, "ag_news", "pipe-A", "gru")
+    assert found is not None and found.info.run_id == next(
+        r["run_id"] for r in rows if r["config"] == "gru")
+    assert compare.finished_child(client, "ag_news", "pipe-B", "gru") is None
+    assert compare.finished_child(client, "char_generation", "pipe-A", "gru") is None

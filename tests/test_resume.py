@@ -113,6 +113,13 @@ if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:  # the serving process
     standin_flow.serve(name="resume", limit=1)
 
 
+def _state(api: str, flow_run_id: str):
+    from operate_support import client
+
+    with client(api) as c:
+        return c.read_flow_run(flow_run_id).state
+
+
 # --- the test ----------------------------------------------------------------------------------
 pytestmark = pytest.mark.slow
 
@@ -166,6 +173,15 @@ def test_killed_training_resumes_when_the_flow_run_is_retried(local_stack, tmp_p
         wait_for(lambda: flow_run_state(api, run_id) in ("COMPLETED", "FAILED", "CRASHED"),
                  300, "the retried run to finish", server, log)
         assert flow_run_state(api, run_id) == "COMPLETED", log.read_text()[-3000:]
+        trained = (folder / "epochs.log").read_text()
+
+        # -- retrying a completed run neither trains nor logs the finished configuration again --
+        again = prefect_cli(["flow-run", "retry", run_id], env, timeout=120)
+        assert again.returncode == 0, again.stdout + again.stderr
+        completed_at = _state(api, run_id).timestamp
+        wait_for(lambda: (s := _state(api, run_id)).is_completed() and s.timestamp > completed_at,
+                 300, "the second retry to finish", server, log)
+        assert (folder / "epochs.log").read_text() == trained
     finally:
         stop_group(server)
 
@@ -195,4 +211,5 @@ def test_killed_training_resumes_when_the_flow_run_is_retried(local_stack, tmp_p
     parents = client.search_runs(
         [experiment.experiment_id],
         f"tags.`rnnflow.pipeline_id` = '{run_id}' and tags.`rnnflow.role` = 'parent'")
-    assert sorted(p.info.status for p in parents) == ["FINISHED", "KILLED"]
+    # (the second retry's parent only reuses the logged row)
+    assert sorted(p.info.status for p in parents) == ["FINISHED", "FINISHED", "KILLED"]

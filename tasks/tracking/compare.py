@@ -44,6 +44,22 @@ def recent_child_runs(
     )
 
 
+def finished_child(client: MlflowClient, task: str, pipeline_id: str, config: str) -> Run | None:
+    """The FINISHED child run of `config` in this pipeline run, if an earlier attempt logged it
+    (a retried flow run keeps its pipeline id: what it finished is not trained or logged twice)."""
+    experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + task)
+    if experiment is None:
+        return None
+    found = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`rnnflow.role` = 'child' and attributes.status = 'FINISHED' and "
+        f"tags.`rnnflow.pipeline_id` = '{_quote(pipeline_id)}' and "
+        f"tags.`rnnflow.config` = '{_quote(config)}'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return found[0] if found else None
+
+
 def _quote(value: str) -> str:
     return value.replace("'", "''")
 
