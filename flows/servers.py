@@ -132,12 +132,14 @@ def _tail(log: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def stop_group(process: subprocess.Popen, grace: float = 15.0) -> None:
-    """Stop a process and everything in its group: SIGINT, then SIGTERM, then SIGKILL."""
+def stop_group(process: subprocess.Popen, grace: float = 15.0, term_grace: float = 5.0) -> None:
+    """Stop a process and everything in its group: SIGINT (`grace` s to exit), then SIGTERM
+    (`term_grace` s), then SIGKILL."""
     if process.poll() is not None:
         _kill_leftovers(process.pid)
         return
-    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+    stages = ((signal.SIGINT, grace), (signal.SIGTERM, term_grace), (signal.SIGKILL, 5.0))
+    for sig, wait in stages:
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
