@@ -29,7 +29,10 @@ def _result(tmp, task, name, metrics, headline) -> RunResult:
     checkpoint = tmp / f"{task}-{name}.pt"
     torch.save({"model_state": model.state_dict(), "config": config_dict(model)}, checkpoint)
     return RunResult(task=task, name=name, params={"model": CONFIG}, metrics=metrics,
-                     headline=headline, history=[{"epoch": 0, "train_loss": 1.0, "val_loss": 1.1}],
+                     headline=headline,
+                     # val_loss is a series and a final metric (e.g. of the chosen epoch)
+                     history=[{"epoch": 0, "train_loss": 1.0, "val_loss": 1.1},
+                              {"epoch": 1, "train_loss": 0.8, "val_loss": 1.2}],
                      tags={"model": "lstm", "data_variant": "full"},
                      dataset={"test_rows": 10}, model_config=config_dict(model),
                      checkpoint=checkpoint, seconds=2.0, device="cpu")
@@ -44,7 +47,8 @@ def store(tmp_path_factory):
     acc = Headline("test_accuracy", "max")
     mse = Headline("test_mse_h1", "min")
     plan = [
-        ("ag_news", [("lstm", {"test_accuracy": 0.8, "majority_accuracy": 0.25}, acc),
+        ("ag_news", [("lstm", {"test_accuracy": 0.8, "majority_accuracy": 0.25, "val_loss": 1.05},
+                      acc),
                      ("gru", {"test_accuracy": 0.7, "majority_accuracy": 0.25}, acc)]),
         ("metro_forecasting", [("lstm", {"test_mse_h1": 0.01, "persistence_mse_h1": 0.02}, mse)]),
     ]
@@ -73,8 +77,12 @@ def test_compare_rows_match_the_parent_summary_table(store):
             assert str(mine[column]) == str(row[column]), column
         for column in ("headline", "test_accuracy", "majority_accuracy", "seconds"):
             assert mine[column] == pytest.approx(row[column]), column
-    # Per-epoch series are not final metrics: they stay out of the table.
-    assert "train_loss" not in table.columns and "val_loss" not in table.columns
+    # Per-epoch series are not final metrics: they stay out of the table; a key that is both
+    # reads back as its final value (1.05), not the last epoch's (1.2).
+    assert "train_loss" not in table.columns
+    by_config = table.set_index("config")
+    assert by_config.loc["lstm", "val_loss"] == pytest.approx(1.05)
+    assert pd.isna(by_config.loc["gru", "val_loss"])
 
 
 def test_compare_filters_and_limits(store):

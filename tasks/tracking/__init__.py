@@ -158,8 +158,13 @@ def log_result(
             for key, value in row.items()
             if key != "epoch"
         ]
-        final = [Metric(k, float(v), now, 0) for k, v in sorted(result.metrics.items())]
-        final.append(Metric("train_seconds", float(result.seconds), now, 0))
+        # Final metrics go after the last epoch (same step, a later timestamp): a key that is also
+        # a series (e.g. val_accuracy of the chosen epoch) then reads back as its final value, and
+        # no (key, step, timestamp) appears twice — log_model copies the run's metrics to the
+        # logged model under that unique key and fails on a duplicate.
+        last = max((m.step for m in series), default=0)
+        final = [Metric(k, float(v), now + 1, last) for k, v in sorted(result.metrics.items())]
+        final.append(Metric("train_seconds", float(result.seconds), now + 1, last))
         _log_metrics(client, run_id, series + final)
         _log_artifacts(client, run_id, result)
         version = _log_model(run_id, result) if register and result.checkpoint else None
