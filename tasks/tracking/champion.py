@@ -152,11 +152,3 @@ def challenge_result(
     """`challenge` for one logged RunResult (its headline, value and evaluation scope)."""
     return challenge(client, model, version, run_id, result.headline, result.headline_value,
                      eval_scope(result, profile))
-
-
-def champion_value(client: MlflowClient, model: str, metric: str) -> float | None:
-    """The champion's logged figure for `metric`, or None when there is no champion."""
-    current = _current_champion(client, model)
-    if current is None or not current.run_id:
-        return None
-    return client.get_run(current.run_id).data.metrics.get(metric)
