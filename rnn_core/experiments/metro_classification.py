@@ -26,7 +26,7 @@ import torch
 
 from rnn_core import plots
 from rnn_core.baselines import majority_error
-from rnn_core.checkpoints import LAST
+from rnn_core.checkpoints import LAST, seed_everything
 from rnn_core.datasets.bucketing import RandomLengthWindowSampler
 from rnn_core.datasets.metro import NUM_SLOTS, gather_windows
 from rnn_core.experiments.metro_common import (
@@ -56,6 +56,7 @@ class Config:
     features: list[str] = field(default_factory=lambda: ["inout"])  # in | inout [+ "-tod"]
     hidden_size: int = 64  # recurrent units
     num_layers: int = 1  # stacked recurrent layers
+    dropout: float = 0.0  # between stacked layers (num_layers >= 2)
     backend: str = "fused"  # fused (torch.nn) | scratch (rnn_core.cells loop)
     min_length: int = 5  # each training batch draws its window length from min..max_length
     max_length: int = 73  # 73 = a whole day
@@ -65,6 +66,8 @@ class Config:
     lr: float = 3e-3  # Adam
     lr_decay: float = 1.0  # lr multiplier after each epoch
     grad_clip: float = 1.0  # max global gradient norm
+    weight_decay: float = 0.0  # L2 penalty (Adam)
+    input_noise: float = 0.0  # std of Gaussian noise added to training flows (augmentation)
     eval_lengths: list[int] = field(default_factory=lambda: [5, 10, 20, 40, 73])  # must hold 73
     max_eval_windows: int = 50_000  # per split and length: all windows, or a seeded sample
     curve_windows: int = 256  # test windows per eval length scored after every epoch
@@ -141,6 +144,7 @@ def run_one(config: Config, name: str, data_dir: Path, work_dir: Path, callbacks
     data = load_data(Path(data_dir), spec.stations)
     train_days, test_days = data.train.shape[0], data.test.shape[0]
 
+    seed_everything(config.seed)  # the initial weights depend on the seed alone
     model = build_model(
         {
             "kind": "classifier",
@@ -148,6 +152,7 @@ def run_one(config: Config, name: str, data_dir: Path, work_dir: Path, callbacks
             "hidden_size": config.hidden_size,
             "num_layers": config.num_layers,
             "backend": config.backend,
+            "dropout": config.dropout,
             "num_classes": spec.stations,
             "input_size": len(spec.columns) + (3 if spec.time_of_day else 0),
         }
@@ -165,7 +170,12 @@ def run_one(config: Config, name: str, data_dir: Path, work_dir: Path, callbacks
     def batches(epoch: int):
         sampler.set_epoch(epoch)  # a new, reproducible draw of lengths and windows per epoch
         for length, windows in sampler:
-            yield make_batch(data.train, length, windows, spec)
+            batch = make_batch(data.train, length, windows, spec)
+            if config.input_noise > 0:  # jitter the flows only, never the time-of-day inputs
+                noise = torch.zeros_like(batch.x)
+                noise[..., : len(spec.columns)].normal_(0.0, config.input_noise)
+                batch = batch._replace(x=batch.x + noise)
+            yield batch
 
     # Learning curve: a fixed seeded sample of test windows of every eval length, only watched
     # (no early stopping, no model selection on it).
@@ -184,6 +194,7 @@ def run_one(config: Config, name: str, data_dir: Path, work_dir: Path, callbacks
         lr=config.lr,
         lr_decay=config.lr_decay,
         grad_clip=config.grad_clip,
+        weight_decay=config.weight_decay,
         device=config.device,
         precision=config.precision,
         seed=config.seed,
