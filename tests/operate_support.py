@@ -46,6 +46,15 @@ def prefect_cli(args: list[str], env: dict[str, str], timeout: float = 300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def mlflow_client(stack):
+    """A client whose tracking AND registry URIs are the stack's server: earlier tests in the
+    session may have pointed MLflow's global registry URI elsewhere."""
+    from mlflow import MlflowClient
+
+    url = stack.mlflow.api_url
+    return MlflowClient(tracking_uri=url, registry_uri=url)
+
+
 def client(api_url: str) -> SyncPrefectClient:
     return SyncPrefectClient(api=api_url)
 
@@ -87,5 +96,17 @@ def flow_run_state(api_url: str, flow_run_id: str) -> str | None:
         return run.state.type.value if run.state else None
 
 
-__all__ = ["REPO", "UUID_RE", "client", "deployment_or_none", "flow_run_state", "prefect_cli",
-           "stack_env", "start_process", "stop_group", "tail", "wait_for"]
+__all__ = [
+    "REPO",
+    "UUID_RE",
+    "client",
+    "deployment_or_none",
+    "flow_run_state",
+    "mlflow_client",
+    "prefect_cli",
+    "stack_env",
+    "start_process",
+    "stop_group",
+    "tail",
+    "wait_for",
+]

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 from operate_support import (
     UUID_RE,
     deployment_or_none,
     flow_run_state,
+    mlflow_client,
     prefect_cli,
     stack_env,
     start_process,
@@ -64,7 +64,7 @@ def test_smoke_pipeline_through_served_deployments(local_stack, mirror_dir, tmp_
         stop_group(serving)
 
     # -- its runs, found through MLflow's client API on the tracking server -----------------------
-    client = MlflowClient(local_stack.mlflow.api_url)
+    client = mlflow_client(local_stack)
     ids = compare.rnnflow_experiment_ids(client)
     runs = client.search_runs(ids, f"tags.`rnnflow.pipeline_id` = '{run_id}'")
     by_role = {}
@@ -121,7 +121,7 @@ def test_work_pool_route_runs_an_experiment(local_stack, mirror_dir, prepared_da
                                   "work_dir": tmp_path / "ckpt"}, env, log, timeout=600)
     finally:
         stop_group(worker)
-    client = MlflowClient(local_stack.mlflow.api_url)
+    client = mlflow_client(local_stack)
     runs = client.search_runs(compare.rnnflow_experiment_ids(client),
                               f"tags.`rnnflow.pipeline_id` = '{run_id}'")
     assert {r.data.tags["rnnflow.role"] for r in runs} == {"parent", "child"}

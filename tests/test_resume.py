@@ -125,11 +125,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_killed_training_resumes_when_the_flow_run_is_retried(local_stack, tmp_path):
-    from mlflow import MlflowClient
     from operate_support import (
         UUID_RE,
         deployment_or_none,
         flow_run_state,
+        mlflow_client,
         prefect_cli,
         stack_env,
         start_process,
@@ -196,7 +196,7 @@ def test_killed_training_resumes_when_the_flow_run_is_retried(local_stack, tmp_p
 
     # -- the logged result equals an uninterrupted run's -----------------------------------------
     reference = run_one(Config(), "gru", tmp_path, tmp_path / "reference")
-    client = MlflowClient(local_stack.mlflow.api_url)
+    client = mlflow_client(local_stack)
     experiment = client.get_experiment_by_name(f"rnnflow/{STANDIN}")
     children = client.search_runs(
         [experiment.experiment_id],
