@@ -25,6 +25,9 @@ def data_dir(prepared_data):
 def test_plan_names_and_errors():
     assert exp.plan(exp.Config()) == ["bilstm64x2"]
     assert exp.plan(SMOKE) == ["simplernn16-title", "bilstm64x2"]
+    full = experiment_config(load_profile("full"), "ag_news")
+    assert exp.plan(full) == list(exp.ARCHITECTURES) and full.select_epoch == "best_val"
+    assert experiment_config(load_profile("default"), "ag_news") == exp.Config()
     every = exp.Config(models=list(exp.ARCHITECTURES))
     assert exp.plan(every) == ["simplernn16-title", "simplernn16-masked", "lstm8", "bilstm64x2"]
     with pytest.raises(ValueError, match="unknown models"):
