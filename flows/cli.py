@@ -70,7 +70,9 @@ def prepare(
 @app.command()
 def run(
     profile: str = typer.Option("default", help="smoke, default, full, or a path to a .toml"),
-    only: list[str] = typer.Option(None, help="run only these experiments (repeatable)"),
+    only: list[str] = typer.Option(  # noqa: B008  (typer's way to declare an option)
+        None, help="run only these experiments (repeatable)"
+    ),
     data_dir: str = typer.Option("data", help="raw downloads and processed Parquet"),
     work_dir: str = typer.Option("checkpoints", help="checkpoints, per pipeline run"),
     tracking_uri: str = typer.Option(None, help="MLflow store (default: mlruns/mlflow.db)"),
@@ -99,7 +101,6 @@ def run(
     console.print(table)
     console.print(f"Done in {time.perf_counter() - started:.0f} s. Open the results with "
                   "`make ui` (MLflow at http://127.0.0.1:5000).")
-
 
 
 # --- operate: servers, deployments, comparisons, champions --------------------------------------
@@ -221,6 +222,21 @@ def predict(
     typer.echo(f"input {batch.shape} {batch.dtype} -> output {out.shape} {out.dtype}")
     if out.ndim == 2:  # class logits: the predicted class per row
         typer.echo(f"argmax: {out.argmax(axis=1).tolist()}")
+
+
+@app.command()
+def promote(
+    model: str = typer.Argument(..., help="registered name, e.g. rnnflow-ag-news-bilstm64x2"),
+    version: str = typer.Argument(..., help="the version to make champion"),
+    reason: str = typer.Option("promoted by hand", help="kept as a tag on the version"),
+    tracking_uri: str = typer.Option(None, help="MLflow store (default: mlruns/mlflow.db)"),
+):
+    """Move the champion alias by hand, e.g. away from a champion measured on another split."""
+    from tasks.tracking import configure
+    from tasks.tracking.champion import promote_by_hand
+
+    promote_by_hand(configure(tracking_uri), model, version, reason)
+    typer.echo(f"models:/{model}@champion -> version {version}")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,17 @@ from flows.profiles import experiment_config, load_profile
 from rnn_core import experiments
 from rnn_core.experiments import (
     ag_news as ag_news_exp,
+)
+from rnn_core.experiments import (
     char_generation as char_exp,
+)
+from rnn_core.experiments import (
     metro_classification as metro_cls_exp,
+)
+from rnn_core.experiments import (
     metro_forecasting as metro_fc_exp,
+)
+from rnn_core.experiments import (
     vanishing_gradients as vanishing_exp,
 )
 from tasks import tracking

@@ -70,13 +70,13 @@ def FusedRecurrent(
     dropout: float = 0.0,
 ) -> nn.Module:
     """`torch.nn.RNN/LSTM/GRU` (cuDNN on GPU) behind the `Recurrent` contract."""
-    common = dict(
-        input_size=input_size,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        bidirectional=bidirectional,
-        dropout=dropout,
-    )
+    common = {
+        "input_size": input_size,
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "bidirectional": bidirectional,
+        "dropout": dropout,
+    }
     if cell == "rnn":
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"the fused RNN supports tanh or relu, not {nonlinearity!r}")

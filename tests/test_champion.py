@@ -98,6 +98,12 @@ def test_worse_retrain_keeps_the_alias_better_one_moves_it(store, tmp_path):
         "rnnflow.champion.reason"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == "4"
 
+    # ...until someone moves it by hand (e.g. the full split is the one that counts now).
+    champion.promote_by_hand(client, name, other["model_version"], "full split from now on")
+    assert client.get_model_version_by_alias(name, "champion").version == other["model_version"]
+    assert client.get_model_version(name, other["model_version"]).tags[
+        "rnnflow.champion.reason"] == "full split from now on"
+
 
 def test_lower_is_better_for_min_headlines_and_nan_never_wins():
     headline = Headline("test_mse_h1", "min")

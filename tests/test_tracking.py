@@ -70,7 +70,7 @@ def test_experiment_per_task_and_failed_run_is_marked(client, tmp_path):
     parent = tracking.start_parent_run(client, "ag_news", "smoke", "pipe-2", {})
     broken = _result(tmp_path)
     broken.figures = {"missing": tmp_path / "does-not-exist.png"}
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="does-not-exist"):
         tracking.log_result(client, broken, parent, register=False)
     exp = client.get_experiment_by_name("rnnflow/ag_news")
     runs = client.search_runs([exp.experiment_id], "tags.`rnnflow.role` = 'child'")

@@ -152,3 +152,14 @@ def challenge_result(
     """`challenge` for one logged RunResult (its headline, value and evaluation scope)."""
     return challenge(client, model, version, run_id, result.headline, result.headline_value,
                      eval_scope(result, profile))
+
+
+def promote_by_hand(client: MlflowClient, model: str, version: str, reason: str) -> None:
+    """Move the alias to `version` whatever the figures say (e.g. the champion was measured on
+    another test split, so no challenger can ever be compared with it); the reason is kept on the
+    version."""
+    client.get_model_version(model, str(version))  # a clear error for an unknown version
+    client.set_registered_model_alias(model, ALIAS, str(version))
+    tags = {TAG_PREFIX + "decision": "promoted by hand", TAG_PREFIX + "reason": reason}
+    for key, val in tags.items():
+        client.set_model_version_tag(model, str(version), key, val)
