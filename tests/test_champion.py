@@ -100,7 +100,7 @@ def test_worse_retrain_keeps_the_alias_better_one_moves_it(store, tmp_path):
 
     # ...until someone moves it by hand (e.g. the full split is the one that counts now).
     champion.promote_by_hand(client, name, other["model_version"], "full split from now on")
-    assert client.get_model_version_by_alias(name, "champion").version == other["model_version"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == other["model_version"]
     assert client.get_model_version(name, other["model_version"]).tags[
         "rnnflow.champion.reason"] == "full split from now on"
 
