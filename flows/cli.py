@@ -78,6 +78,7 @@ def run(
     tracking_uri: str = typer.Option(None, help="MLflow store (default: mlruns/mlflow.db)"),
 ):
     """Prepare the data, then train and evaluate every experiment of a profile."""
+    import sys
     import time
 
     from rich.console import Console
@@ -97,7 +98,7 @@ def run(
         for row in rows:
             table.add_row(name, row["config"], row["headline_metric"], f"{row['headline']:.4g}",
                           f"{row['seconds']:.0f}", row["device"])
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)  # logs: no truncated cells
     console.print(table)
     console.print(f"Done in {time.perf_counter() - started:.0f} s. Open the results with "
                   "`make ui` (MLflow at http://127.0.0.1:5000).")

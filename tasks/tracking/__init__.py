@@ -18,6 +18,7 @@ import os
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +219,11 @@ def _signature(result: RunResult) -> ModelSignature:
 def _log_model(run_id: str, result: RunResult) -> str:
     """Log the pyfunc into the child run and register it; returns the new version number."""
     name = registered_name(result)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # Deliberate choices MLflow warns about on every model: the signature is given
+        # explicitly (so no input example is needed) and predict takes a plain array.
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(_PYFUNC_CODE),
