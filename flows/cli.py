@@ -22,6 +22,7 @@ def prepare(
     vocab_size: int = typer.Option(20000, help="AG News word vocabulary size"),
 ):
     """Download (mirror first: $RNN_DATA_MIRROR), verify, preprocess and bucket the datasets."""
+    import sys
     import time
 
     from rich.console import Console
@@ -39,8 +40,8 @@ def prepare(
     summary = state.result()  # raises the failing step's error (it names the file)
     seconds = time.perf_counter() - started
     table = Table(title=f"Prepared data under {data_dir}/processed")
-    for column in ("dataset", "train", "train rows", "test rows", "vocab", "padding, random",
-                   "padding, buckets"):
+    for column in ("dataset", "train", "train rows", "test rows", "train chars", "test chars",
+                   "vocab", "padding, random", "padding, buckets"):
         table.add_column(column, justify="left" if column in ("dataset", "train") else "right")
     batch = "-"
     for name, s in summary.items():
@@ -49,10 +50,12 @@ def prepare(
         table.add_row(
             name, s["variant"] if s["variant"] == "full" else f"[bold red]{s['variant']}[/]",
             f"{s['rows']['train']:,}", f"{s['rows']['test']:,}",
+            *(["-", "-"] if not s["chars"] else
+              [f"{s['chars']['train']:,}", f"{s['chars']['test']:,}"]),
             "-" if s["vocab_size"] is None else f"{s['vocab_size']:,}",
             "-" if pad is None else f"{pad['random']:.1%}",
             "-" if pad is None else f"{pad['buckets']:.1%} ({pad['num_buckets']})")
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(table)
     console.print(f"Padding: share of padded slots in batches of {batch}, drawn at random or per "
                   "length bucket (number of buckets). Rows: metro one per (day, slot, station); "
