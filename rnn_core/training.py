@@ -89,6 +89,13 @@ class PrintProgress(Callback):
         self.print(f"epoch {epoch}: {shown}")
 
 
+def as_callbacks(callbacks: Sequence[Any] | Any | None) -> list[Any]:
+    """None, one callback object or a sequence of them -> a list."""
+    if callbacks is None:
+        return []
+    return list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+
+
 def _notify(callbacks: Sequence[Any], hook: str, *args) -> None:
     for cb in callbacks:
         method = getattr(cb, hook, None)
@@ -147,15 +154,17 @@ def train(
     config: TrainConfig,
     *,
     eval_batches: Callable[[], Iterable[Batch]] | Iterable[Batch] | None = None,
-    callbacks: Sequence[Any] = (),
+    callbacks: Sequence[Any] | Any | None = (),
     checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train `model` in place for `config.epochs` epochs (see the module docstring).
 
     `batches` may also be a re-iterable collection (the same batches every epoch);
     `eval_batches` a callable returning an iterable, or a re-iterable collection.
+    `callbacks`: one callback object, a sequence of them, or None.
     """
-    # -- setup: seeds, device, optimizer, precision -----------------------------------------
+    # -- setup: callbacks, seeds, device, optimizer, precision ------------------------------
+    callbacks = as_callbacks(callbacks)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     model.to(device)

@@ -23,7 +23,7 @@ def data_dir(prepared_data):
 
 
 def test_plan_names_and_errors():
-    assert exp.plan(exp.Config()) == ["bilstm64x2"]
+    assert exp.plan(exp.Config()) == ["lstm8", "bilstm64x2"]
     assert exp.plan(SMOKE) == ["simplernn16-title", "bilstm64x2"]
     full = experiment_config(load_profile("full"), "ag_news")
     assert exp.plan(full) == list(exp.ARCHITECTURES) and full.select_epoch == "best_val"

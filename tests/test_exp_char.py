@@ -82,7 +82,7 @@ def test_encode_rejects_unknown_characters_and_stream_baseline_matches_flat():
 
 
 def test_plan_names_and_errors():
-    assert cg.plan(cg.Config()) == ["trump-lstm", "moliere-lstm"]
+    assert cg.plan(cg.Config()) == ["trump-lstm", "trump-gru", "moliere-lstm", "moliere-gru"]
     config = cg.Config(corpora=["moliere"], models=["mikolov", "gru"])
     assert cg.plan(config) == ["moliere-mikolov", "moliere-gru"]
     with pytest.raises(ValueError, match="unknown model"):

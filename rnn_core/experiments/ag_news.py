@@ -45,7 +45,7 @@ from rnn_core.datasets.io import read_json
 from rnn_core.metrics import ClassificationMetrics
 from rnn_core.models import Batch, build_model, config_dict
 from rnn_core.results import Headline, RunResult
-from rnn_core.training import TrainConfig, evaluate, resolve_device, train
+from rnn_core.training import TrainConfig, as_callbacks, evaluate, resolve_device, train
 
 TASK = "ag_news"
 HEADLINE = Headline("test_accuracy", "max")
@@ -76,7 +76,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 @dataclass
 class Config:
-    models: list[str] = field(default_factory=lambda: ["bilstm64x2"])  # keys of ARCHITECTURES
+    models: list[str] = field(default_factory=lambda: ["lstm8", "bilstm64x2"])  # ARCHITECTURES
     backend: str = "fused"  # fused (torch.nn / cuDNN) | scratch (hand-written per-step loop)
     vocab_size: int | None = 12000  # keep the most frequent ids (the prepared vocab is ranked);
     # rarer ones become <unk>: fewer embedding rows to update. None = the whole prepared vocab
@@ -259,13 +259,6 @@ class KeepBest:
                                         "epoch": epoch, "val_accuracy": self.best})
 
 
-def callback_list(callbacks) -> list:
-    """The flow passes one callback object, tests a list or None; the loop wants a sequence."""
-    if callbacks is None:
-        return []
-    return list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-
-
 def slug(label: str) -> str:
     """"Sci/Tech" -> "sci_tech": metric-name friendly."""
     return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
@@ -318,7 +311,7 @@ def _run_one(config: Config, name: str, data_dir: Path, work_dir: Path, callback
     result = train(
         model, batch_source(train_split, config, masked, pad_id, unk_id), tcfg,
         eval_batches=eval_batches(val_split, config, masked, pad_id),
-        callbacks=callback_list(callbacks) + ([keep] if keep else []),
+        callbacks=as_callbacks(callbacks) + ([keep] if keep else []),
         checkpoint_dir=run_dir,
     )
     history = _history(result.history)

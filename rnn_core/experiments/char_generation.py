@@ -57,7 +57,7 @@ MODELS = ("mikolov", "rnn", "lstm", "gru")
 @dataclass
 class Config:
     corpora: list[str] = field(default_factory=lambda: ["trump", "moliere"])  # see CORPORA
-    models: list[str] = field(default_factory=lambda: ["lstm"])  # see MODELS
+    models: list[str] = field(default_factory=lambda: ["lstm", "gru"])  # see MODELS
     hidden_size: int = 256  # units per layer (mikolov: its single sigmoid layer)
     num_layers: int = 1  # stacked layers (embedding models only)
     embedding_dim: int = 32  # character embedding (embedding models only)
@@ -134,13 +134,6 @@ def train_config(config: Config) -> TrainConfig:
         precision=config.precision,
         seed=config.seed,
     )
-
-
-def callback_list(callbacks) -> list:
-    """The flow passes one callback object, tests a list or None; the loop wants a sequence."""
-    if callbacks is None:
-        return []
-    return list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
 
 
 def _history(rows: list[dict]) -> list[dict[str, float]]:
@@ -221,7 +214,7 @@ def run_one(config: Config, name: str, data_dir: Path, work_dir: Path, callbacks
         train_batches,
         tcfg,
         eval_batches=test_batches,
-        callbacks=callback_list(callbacks),
+        callbacks=callbacks,
         checkpoint_dir=Path(work_dir) / name,
     )
     history = _history(result.history)

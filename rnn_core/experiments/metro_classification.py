@@ -33,7 +33,6 @@ from rnn_core.experiments.metro_common import (
     EVAL_BATCH,
     FEATURE_SETS,
     all_windows,
-    as_callbacks,
     load_data,
     time_features,
     window_slots,
@@ -53,7 +52,7 @@ class Config:
 
     cells: list[str] = field(default_factory=lambda: ["gru"])  # rnn | lstm | gru
     stations: list[int] = field(default_factory=lambda: [10])  # classes: stations 0..S-1
-    features: list[str] = field(default_factory=lambda: ["inout"])  # in | inout [+ "-tod"]
+    features: list[str] = field(default_factory=lambda: ["in", "inout"])  # in | inout [+ "-tod"]
     hidden_size: int = 64  # recurrent units
     num_layers: int = 1  # stacked recurrent layers
     dropout: float = 0.0  # between stacked layers (num_layers >= 2)
@@ -204,7 +203,7 @@ def run_one(config: Config, name: str, data_dir: Path, work_dir: Path, callbacks
         batches,
         train_config,
         eval_batches=curve,
-        callbacks=as_callbacks(callbacks),
+        callbacks=callbacks,
         checkpoint_dir=run_dir,
     )
     history = [

@@ -120,12 +120,3 @@ def time_features(slots: torch.Tensor) -> torch.Tensor:
     angle = hours * (2 * math.pi / 24)
     position = slots.float() / (NUM_SLOTS - 1)
     return torch.stack([position, torch.sin(angle), torch.cos(angle)], dim=-1)
-
-
-def as_callbacks(callbacks: Any) -> list[Any]:
-    """The flow passes one callback object, tests a list or None: always a list for `train`."""
-    if callbacks is None:
-        return []
-    if isinstance(callbacks, (list, tuple)):
-        return list(callbacks)
-    return [callbacks]

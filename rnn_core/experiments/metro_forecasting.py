@@ -41,7 +41,6 @@ from rnn_core.experiments.metro_common import (
     EVAL_BATCH,
     FEATURE_SETS,
     all_windows,
-    as_callbacks,
     load_data,
     off_days,
     time_features,
@@ -63,7 +62,7 @@ class Config:
     """Defaults = the `default` profile: one GRU on all 80 stations, in+out flows plus context."""
 
     cells: list[str] = field(default_factory=lambda: ["gru"])  # rnn | lstm | gru
-    features: list[str] = field(default_factory=lambda: ["inout"])  # flows read and predicted
+    features: list[str] = field(default_factory=lambda: ["in", "inout"])  # flows read, predicted
     inputs: list[str] = field(default_factory=lambda: ["context"])  # flows | context
     covariates: list[str] = field(default_factory=lambda: ["time", "offday", "profile"])
     stations: int = 80  # stations 0..S-1, one shared model
@@ -248,7 +247,7 @@ def run_one(config: Config, name: str, data_dir: Path, work_dir: Path, callbacks
         batches,
         train_config,
         eval_batches=[w.batch for w in test],
-        callbacks=as_callbacks(callbacks),
+        callbacks=callbacks,
         checkpoint_dir=run_dir,
     )
     history = [

@@ -35,7 +35,6 @@ import torch
 from rnn_core import plots
 from rnn_core.datasets.corpus import load_corpus
 from rnn_core.datasets.io import read_json
-from rnn_core.experiments.char_generation import callback_list
 from rnn_core.experiments.text_streams import (
     as_streams,
     chunk_batches,
@@ -164,7 +163,7 @@ def run_one(config: Config, name: str, data_dir: Path, work_dir: Path, callbacks
             ),
             tcfg,
             eval_batches=test_batches,
-            callbacks=callback_list(callbacks),
+            callbacks=callbacks,
             checkpoint_dir=Path(work_dir) / name / model_name,
         )
         norms[f"{model_name} trained"], curves["trained"][model_name] = gradient_ratios(
