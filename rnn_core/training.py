@@ -35,23 +35,33 @@ from rnn_core.checkpoints import (
     seed_everything,
     set_rng_state,
 )
+from rnn_core.config import knob
 from rnn_core.models import Batch, config_dict
+
+PRECISIONS = ("bf16", "fp16", "fp32")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10  # passes over batches(epoch)
-    lr: float = 1e-3  # learning rate of the first epoch
-    lr_decay: float = 1.0  # multiply the lr by this after every epoch (1.0 = constant)
-    optimizer: str = "adam"  # adam | sgd
-    momentum: float = 0.0  # sgd only
-    weight_decay: float = 0.0  # L2 penalty through the optimizer
-    grad_clip: float | None = 1.0  # max global gradient norm; None or 0 = no clipping
+    """The training knobs every experiment embeds as its `train` block ([<experiment>.train] in
+    a profile). Each experiment's Config gives its own defaults for them, in one place."""
+
+    epochs: int = knob(10, min=1)  # passes over batches(epoch)
+    lr: float = knob(1e-3, above=0)  # learning rate of the first epoch
+    lr_decay: float = knob(1.0, above=0, max=1)  # lr multiplier after every epoch (1 = constant)
+    optimizer: str = knob("adam", choices=("adam", "sgd"))
+    momentum: float = knob(0.0, min=0, below=1)  # sgd only
+    weight_decay: float = knob(0.0, min=0)  # L2 penalty through the optimizer
+    grad_clip: float | None = knob(1.0, min=0)  # max global gradient norm; None or 0 = no clipping
     stateful: bool = False  # carry the detached state across consecutive batches (TBPTT)
     device: str = "auto"  # auto = CUDA when present, else CPU; or "cpu", "cuda:0", ...
-    precision: str = "bf16"  # bf16 | fp16 | fp32 autocast; CUDA only, the CPU always runs fp32
-    seed: int = 0  # seeds torch, numpy and random at the start of a fresh run
-    checkpoint_every: int = 1  # epochs between checkpoints (needs checkpoint_dir); 0 = end only
+    precision: str = knob("bf16", choices=PRECISIONS)  # autocast on CUDA only; the CPU runs fp32
+    seed: int = knob(0, min=0)  # seeds torch, numpy and random: data splits, init, batch order
+    checkpoint_every: int = knob(1, min=0)  # epochs between checkpoints; 0 = at the end only
+    select_epoch: str = knob("last", choices=("last", "best_val"))  # which epoch's weights are
+    # scored on the test split: the last, or the best on the experiment's validation metric
+    torch_threads: int = knob(1, min=0)  # CPU threads while this configuration trains (0 =
+    # leave torch's setting): on two shared cores, two threads per process ran 4x slower
 
 
 @dataclass
@@ -111,7 +121,7 @@ def resolve_device(name: str) -> torch.device:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for full precision (always on the CPU)."""
-    if precision not in ("bf16", "fp16", "fp32"):
+    if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: expected bf16, fp16 or fp32")
     if device.type != "cuda" or precision == "fp32":
         return None
@@ -156,12 +166,15 @@ def train(
     eval_batches: Callable[[], Iterable[Batch]] | Iterable[Batch] | None = None,
     callbacks: Sequence[Any] | Any | None = (),
     checkpoint_dir: str | Path | None = None,
+    checkpoint_meta: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train `model` in place for `config.epochs` epochs (see the module docstring).
 
     `batches` may also be a re-iterable collection (the same batches every epoch);
     `eval_batches` a callable returning an iterable, or a re-iterable collection.
     `callbacks`: one callback object, a sequence of them, or None.
+    `checkpoint_meta`: JSON-able facts stored in every checkpoint under "meta" (the runner puts
+    the experiment's whole config tree there, so a checkpoint says what produced it).
     """
     # -- setup: callbacks, seeds, device, optimizer, precision ------------------------------
     callbacks = as_callbacks(callbacks)
@@ -255,6 +268,7 @@ def train(
                 "step": step,
                 "history": history,
                 "rng": rng_state(),
+                "meta": checkpoint_meta or {},
             }
             save_checkpoint(ckpt_path, payload)
             _notify(callbacks, "on_checkpoint", str(ckpt_path), epoch)

@@ -7,11 +7,11 @@ Configurations (the course lesson's four models; `Config.models` picks which one
     lstm8                LSTM(8) on title + description, masked
     bilstm64x2           two-layer bidirectional LSTM(64) over a 128-d embedding, masked
 
-Data: the processed Parquet of `rnn_core.datasets.ag_news` (meta.json says whether the training
-split is the full 120,000 rows or the mirror's 41,342-row subset; every result records it). A
-`val_fraction` slice of the TRAIN split is held out and scored after every epoch (the learning
-curves; `select_epoch="best_val"` keeps the epoch with the best validation accuracy). The test
-split is scored once, by the chosen epoch's model. Batches come from length buckets: with
+Data: the prepared AG News manifest (it says whether the training split is the full 120,000 rows
+or the mirror's 41,342-row subset; every result records it). A `val_fraction` slice of the TRAIN
+split is held out and scored after every epoch (the learning curves; `train.select_epoch =
+"best_val"` keeps the epoch with the best validation accuracy). The test split is scored once,
+by the chosen epoch's model. Batches come from length buckets: with
 `max_padding=0` one bucket per length shared by at least a batch, so most batches hold no padding
 and run unmasked (the same result, half the CPU time of packed sequences); the rest are masked
 through `lengths` (packed sequences in the fused backend). Training batches replace a
@@ -19,37 +19,32 @@ through `lengths` (packed sequences in the fused backend). Training batches repl
 
 Metrics (test = the official 7,600-row test split; train = the training rows, val excluded):
     test_accuracy, test_error, test_loss, test_accuracy_<class>   the model
-    train_accuracy, train_loss                                     the model, re-scored in eval mode
-    val_accuracy                                                   the held-out train slice
+    train_accuracy, train_eval_loss                                the model, re-scored in eval mode
+    val_accuracy, val_loss (chosen epoch), chosen_epoch             the held-out train slice
     majority_accuracy                      always predicting the training split's majority class
-History (per epoch): train_running_loss (mean loss while training), val_loss, val_accuracy, lr,
-seconds. Figures: learning_curves.png, confusion_matrix.png (test split).
+History (per epoch, the runner's names): train_loss (mean while training), val_loss,
+val_accuracy, val_error, lr, seconds. Figures: learning_curves.png, confusion_matrix.png (test).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rnn_core import baselines, plots
-from rnn_core.checkpoints import load_checkpoint, save_checkpoint
+from rnn_core.config import as_dict, knob
 from rnn_core.datasets.ag_news import CLASS_NAMES, load_ag_news
 from rnn_core.datasets.bucketing import BucketBatchSampler, choose_boundaries, pad_batch
-from rnn_core.datasets.io import read_json
+from rnn_core.experiments.protocol import Batches, Experiment, Report, Splits
 from rnn_core.metrics import ClassificationMetrics
-from rnn_core.models import Batch, build_model, config_dict
-from rnn_core.results import Headline, RunResult
-from rnn_core.training import TrainConfig, as_callbacks, evaluate, resolve_device, train
-
-TASK = "ag_news"
-HEADLINE = Headline("test_accuracy", "max")
-BEST = "best.pt"  # the best-validation weights, beside training's last.pt
+from rnn_core.layers import BACKENDS
+from rnn_core.models import Batch, ClassifierConfig, build_model
+from rnn_core.results import Headline
+from rnn_core.training import TrainConfig, evaluate
 
 
 @dataclass(frozen=True)
@@ -75,43 +70,30 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 
 @dataclass
+class Model:
+    """[ag_news.model]: what every architecture shares (the architecture fixes the rest)."""
+
+    backend: str = knob("fused", choices=BACKENDS)  # fused (torch.nn / cuDNN) | scratch
+    dropout: float = knob(0.3, min=0, below=1)  # between stacked layers (two-layer models only)
+
+
+@dataclass
 class Config:
-    models: list[str] = field(default_factory=lambda: ["lstm8", "bilstm64x2"])  # ARCHITECTURES
-    backend: str = "fused"  # fused (torch.nn / cuDNN) | scratch (hand-written per-step loop)
-    vocab_size: int | None = 12000  # keep the most frequent ids (the prepared vocab is ranked);
-    # rarer ones become <unk>: fewer embedding rows to update. None = the whole prepared vocab
-    max_length: int | None = 100  # keep the first tokens of the rare longer texts (None = all)
-    batch_size: int = 64  # training sequences per batch, all from one length bucket
-    eval_batch_size: int = 256  # scoring only (no gradients)
-    max_padding: float = 0.0  # padded slots allowed per bucket; 0 = one bucket per length where
-    # at least a batch shares it: such batches need no mask and run unpacked (~2x faster on CPU)
-    val_fraction: float = 0.05  # slice of TRAIN held out for the learning curves / epoch choice
-    select_epoch: str = "last"  # last | best_val (the epoch with the best val accuracy)
-    epochs: int = 3  # default profile: ~37 s of CPU each for the BiLSTM on the subset
-    lr: float = 3e-3  # Adam, first epoch
-    lr_decay: float = 0.5  # lr multiplier per epoch
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max global gradient norm
-    dropout: float = 0.3  # between stacked recurrent layers (two-layer models only)
-    word_dropout: float = 0.25  # training tokens replaced by <unk> with this probability
-    max_train_rows: int | None = None  # random slice of the train split (smoke); None = all
-    max_test_rows: int | None = None  # first rows of the test split (smoke only); None = all
-    device: str = "auto"  # auto = CUDA when present
-    precision: str = "bf16"  # autocast on CUDA (the CPU runs fp32)
-    seed: int = 0  # split, batch order, word dropout, initial weights
-    torch_threads: int = 1  # CPU threads during this run (0 = leave torch's setting): on two
-    # shared cores, two threads ran 4x slower than one
-
-
-def plan(config: Config) -> list[str]:
-    """The configuration names, in the order `config.models` lists them."""
-    unknown = [m for m in config.models if m not in ARCHITECTURES]
-    if unknown:
-        known = list(ARCHITECTURES)
-        raise ValueError(f"{TASK}: unknown models {unknown}; expected some of {known}")
-    if config.select_epoch not in ("last", "best_val"):
-        raise ValueError(f"{TASK}: select_epoch must be 'last' or 'best_val'")
-    return list(config.models)
+    models: list[str] = knob(["lstm8", "bilstm64x2"], choices=tuple(ARCHITECTURES), nonempty=True)
+    vocab_size: int | None = knob(12000, min=2)  # keep the most frequent ids (the prepared
+    # vocab is ranked); rarer ones become <unk>: fewer embedding rows. None = the whole vocab
+    max_length: int | None = knob(100, min=1)  # first tokens of the rare longer texts (None = all)
+    batch_size: int = knob(64, min=1)  # training sequences per batch, all from one length bucket
+    eval_batch_size: int = knob(256, min=1)  # scoring only (no gradients)
+    max_padding: float = knob(0.0, min=0, below=1)  # padded slots allowed per bucket; 0 = one
+    # bucket per length shared by at least a batch: such batches need no mask (~2x faster on CPU)
+    val_fraction: float = knob(0.05, above=0, below=1)  # slice of TRAIN held out for validation
+    word_dropout: float = knob(0.25, min=0, below=1)  # training tokens replaced by <unk>
+    max_train_rows: int | None = knob(None, min=2)  # random slice of train (smoke); None = all
+    max_test_rows: int | None = knob(None, min=1)  # first test rows (smoke only); None = all
+    # default profile: 3 epochs, ~37 s of CPU each for the BiLSTM on the subset
+    train: TrainConfig = knob(TrainConfig(epochs=3, lr=3e-3, lr_decay=0.5, grad_clip=1.0))
+    model: Model = knob(Model)
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -143,25 +125,6 @@ def _split(df, column: str, rows: np.ndarray, config: Config, unk_id: int) -> Sp
     return Split(seqs, df["label"].to_numpy()[rows].astype(np.int64), rows)
 
 
-def load_splits(config: Config, text: str, data_dir: Path):
-    """(train, val, test, vocab, meta): val is a seeded random slice of the train split."""
-    out_dir = Path(data_dir) / "processed" / "ag_news"
-    train_df, test_df, vocab = load_ag_news(out_dir)
-    meta = read_json(out_dir / "meta.json")
-    column = "title_ids" if text == "title" else "ids"
-    order = np.random.default_rng(config.seed).permutation(len(train_df))
-    if config.max_train_rows is not None:
-        order = order[: config.max_train_rows]
-    n_val = round(config.val_fraction * len(order))
-    if n_val < 1 or n_val >= len(order):
-        raise ValueError(f"{TASK}: val_fraction {config.val_fraction} leaves no val or train rows")
-    test_rows = np.arange(min(len(test_df), config.max_test_rows or len(test_df)))
-    train = _split(train_df, column, order[n_val:], config, vocab.unk_id)
-    val = _split(train_df, column, order[:n_val], config, vocab.unk_id)
-    test = _split(test_df, column, test_rows, config, vocab.unk_id)
-    return train, val, test, vocab, meta
-
-
 def make_batch(split: Split, idx, masked: bool, pad_id: int) -> Batch:
     """Rows `idx` -> Batch(x L x B ids, y B, lengths B). Unmasked: left-padded, lengths None."""
     seqs = [split.seqs[i] for i in idx]
@@ -179,27 +142,6 @@ def bucket_boundaries(split: Split, batch_size: int, config: Config) -> list[int
     return choose_boundaries(split.lengths, batch_size, config.max_padding, max_buckets=512)
 
 
-def batch_source(split: Split, config: Config, masked: bool, pad_id: int, unk_id: int):
-    """`batches(epoch)` for training: shuffled bucketed batches with word dropout."""
-    boundaries = bucket_boundaries(split, config.batch_size, config)
-    sampler = BucketBatchSampler(split.lengths, config.batch_size, boundaries, seed=config.seed)
-
-    def batches(epoch: int) -> list[Batch]:
-        sampler.set_epoch(epoch)
-        rng = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        out = []
-        for idx in sampler:
-            batch = make_batch(split, np.asarray(idx), masked, pad_id)
-            if config.word_dropout > 0:
-                drop = torch.rand(batch.x.shape, generator=rng) < config.word_dropout
-                x = batch.x.masked_fill(drop & (batch.x != pad_id), unk_id)
-                batch = Batch(x, batch.y, batch.lengths)
-            out.append(batch)
-        return out
-
-    return batches
-
-
 def eval_batches(split: Split, config: Config, masked: bool, pad_id: int) -> list[Batch]:
     """Bucketed batches in a fixed order (scores are exact sums, independent of batching)."""
     boundaries = bucket_boundaries(split, config.eval_batch_size, config)
@@ -207,177 +149,122 @@ def eval_batches(split: Split, config: Config, masked: bool, pad_id: int) -> lis
     return [make_batch(split, np.asarray(idx), masked, pad_id) for idx in sampler]
 
 
-# --- model, training, epoch choice -------------------------------------------------------------
-
-
-def model_config(config: Config, name: str, vocab_size: int, pad_id: int) -> dict:
-    """The SequenceClassifier config dict (with "kind") for one configuration name."""
-    arch = ARCHITECTURES[name]
-    return {
-        "kind": "classifier",
-        "num_classes": len(CLASS_NAMES),
-        "vocab_size": vocab_size,
-        "embedding_dim": arch.embedding_dim,
-        "padding_idx": pad_id,
-        "cell": arch.cell,
-        "hidden_size": arch.hidden_size,
-        "num_layers": arch.num_layers,
-        "bidirectional": arch.bidirectional,
-        "backend": config.backend,
-        "dropout": config.dropout if arch.num_layers > 1 else 0.0,
-    }
-
-
-def train_config(config: Config) -> TrainConfig:
-    return TrainConfig(
-        epochs=config.epochs, lr=config.lr, lr_decay=config.lr_decay,
-        weight_decay=config.weight_decay, grad_clip=config.grad_clip, device=config.device,
-        precision=config.precision, seed=config.seed,
-    )  # fmt: skip
-
-
-class KeepBest:
-    """Callback: after each epoch, save the weights to `path` when val accuracy improves.
-
-    On a resumed run the best so far is read back from `path`, so the choice spans all epochs.
-    """
-
-    def __init__(self, model, path: Path):
-        self.model, self.path = model, Path(path)
-        self.best, self.epoch = -1.0, -1
-        if self.path.exists():
-            saved = load_checkpoint(self.path)
-            if saved["config"] != config_dict(model):
-                raise ValueError(f"{self.path}: saved for another model config; use another dir")
-            self.best, self.epoch = float(saved["val_accuracy"]), int(saved["epoch"])
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        if metrics["val_accuracy"] > self.best:
-            self.best, self.epoch = metrics["val_accuracy"], epoch
-            state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-            save_checkpoint(self.path, {"model_state": state, "config": config_dict(self.model),
-                                        "epoch": epoch, "val_accuracy": self.best})
-
-
 def slug(label: str) -> str:
     """"Sci/Tech" -> "sci_tech": metric-name friendly."""
     return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
 
 
-def _history(rows: list[dict]) -> list[dict[str, float]]:
-    return [
-        {
-            "epoch": row["epoch"],
-            "train_running_loss": row["train_loss"],
-            "val_loss": row["val_loss"],
-            "val_accuracy": row["val_accuracy"],
-            "lr": row["lr"],
-            "seconds": row["seconds"],
+# --- the experiment ----------------------------------------------------------------------------
+
+
+class AGNews(Experiment):
+    """AG News topic classification: SimpleRNN, masking, LSTM, two-layer BiLSTM."""
+
+    name = "ag_news"
+    Config = Config
+    headline = Headline("test_accuracy", "max")
+    datasets = ("ag_news",)
+    select_on = ("accuracy", "max")
+
+    def plan(self, config: Config) -> list[str]:
+        """The configuration names, in the order `config.models` lists them."""
+        return list(config.models)
+
+    def data(self, config: Config, name: str, manifests) -> Splits:
+        """(train, val, test): val is a seeded random slice of the train split."""
+        manifest = manifests["ag_news"]
+        arch = ARCHITECTURES[name]
+        train_df, test_df, vocab = load_ag_news(Path(manifest.folder))
+        column = "title_ids" if arch.text == "title" else "ids"
+        order = np.random.default_rng(config.train.seed).permutation(len(train_df))
+        if config.max_train_rows is not None:
+            order = order[: config.max_train_rows]
+        n_val = round(config.val_fraction * len(order))
+        if n_val < 1 or n_val >= len(order):
+            raise ValueError(f"ag_news: val_fraction {config.val_fraction} leaves no val or "
+                             f"train rows out of {len(order)}")
+        test_rows = np.arange(min(len(test_df), config.max_test_rows or len(test_df)))
+        train = _split(train_df, column, order[n_val:], config, vocab.unk_id)
+        val = _split(train_df, column, order[:n_val], config, vocab.unk_id)
+        test = _split(test_df, column, test_rows, config, vocab.unk_id)
+        vocab_size = len(vocab) if config.vocab_size is None else min(config.vocab_size,
+                                                                      len(vocab))
+        info = {
+            "dataset": "ag_news",
+            "variant": manifest.variant,
+            "train_rows_available": manifest.rows.get("train"),
+            "train_rows": len(train),
+            "val_rows": len(val),
+            "test_rows": len(test),
+            "test_truncated": len(test) < manifest.rows.get("test", len(test)),
+            "text": arch.text,
+            "vocab_size_prepared": len(vocab),
+            "vocab_size_used": vocab_size,
+            "files": {k: {"sha256": f.sha256} for k, f in manifest.files.items()},
         }
-        for row in rows
-    ]
+        return Splits(train, val, test, info, vocab=vocab, vocab_size=vocab_size, arch=arch)
+
+    def model(self, config: Config, name: str, data: Splits):
+        arch = data.arch
+        return build_model(as_dict(ClassifierConfig(
+            **as_dict(config.model) | {"dropout": config.model.dropout if arch.num_layers > 1
+                                       else 0.0},
+            cell=arch.cell, hidden_size=arch.hidden_size, num_layers=arch.num_layers,
+            bidirectional=arch.bidirectional, embedding_dim=arch.embedding_dim,
+            num_classes=len(CLASS_NAMES), vocab_size=data.vocab_size,
+            padding_idx=data.vocab.pad_id)) | {"kind": "classifier"})
+
+    def batches(self, config: Config, name: str, data: Splits) -> Batches:
+        """Shuffled bucketed training batches with word dropout; fixed-order val batches."""
+        split, masked = data.train, data.arch.masked
+        pad_id, unk_id, seed = data.vocab.pad_id, data.vocab.unk_id, config.train.seed
+        boundaries = bucket_boundaries(split, config.batch_size, config)
+        sampler = BucketBatchSampler(split.lengths, config.batch_size, boundaries, seed=seed)
+
+        def train_batches(epoch: int) -> list[Batch]:
+            sampler.set_epoch(epoch)
+            rng = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            out = []
+            for idx in sampler:
+                batch = make_batch(split, np.asarray(idx), masked, pad_id)
+                if config.word_dropout > 0:
+                    drop = torch.rand(batch.x.shape, generator=rng) < config.word_dropout
+                    batch = batch._replace(x=batch.x.masked_fill(drop & (batch.x != pad_id),
+                                                                 unk_id))
+                out.append(batch)
+            return out
+
+        return Batches(train_batches, eval_batches(data.val, config, masked, pad_id))
+
+    def score(self, config: Config, name: str, model, data: Splits) -> dict[str, float]:
+        """Test split (once, the chosen model), training rows, majority baseline."""
+        masked, pad_id = data.arch.masked, data.vocab.pad_id
+        accuracy = ClassificationMetrics(len(CLASS_NAMES))
+        test = evaluate(model, eval_batches(data.test, config, masked, pad_id), [accuracy])
+        train_scores = evaluate(model, eval_batches(data.train, config, masked, pad_id))
+        majority = 1.0 - baselines.majority_error(torch.as_tensor(data.train.y),
+                                                  torch.as_tensor(data.test.y))
+        return {
+            "test_accuracy": test["accuracy"],
+            "test_error": test["error"],
+            "test_loss": test["loss"],
+            **{f"test_accuracy_{slug(c)}": test[f"accuracy_class_{i}"]
+               for i, c in enumerate(CLASS_NAMES)},
+            "train_accuracy": train_scores["accuracy"],
+            "train_eval_loss": train_scores["loss"],
+            "majority_accuracy": majority,
+            "confusion": accuracy.confusion.numpy(),  # for the report, not a metric
+        }
+
+    def report(self, config, name, model, data, history, scores, folder) -> Report:
+        return Report(figures={
+            "learning_curves": plots.learning_curves(
+                history, ["train_loss", "val_loss", "val_accuracy"],
+                folder / "learning_curves.png", title=f"{name}: loss and val accuracy"),
+            "confusion_matrix": plots.confusion_matrix(
+                scores["confusion"], CLASS_NAMES, folder / "confusion_matrix.png",
+                title=f"{name}: test accuracy {scores['test_accuracy']:.4f}"),
+        })
 
 
-# --- one configuration -------------------------------------------------------------------------
-
-
-def run_one(config: Config, name: str, data_dir: Path, work_dir: Path,
-            callbacks=None) -> RunResult:
-    """Train one configuration, score it on the test split, plot curves and confusions."""
-    threads = torch.get_num_threads()
-    if config.torch_threads > 0:
-        torch.set_num_threads(config.torch_threads)
-    try:
-        return _run_one(config, name, Path(data_dir), Path(work_dir), callbacks)
-    finally:
-        torch.set_num_threads(threads)  # leave the process as it was
-
-
-def _run_one(config: Config, name: str, data_dir: Path, work_dir: Path, callbacks) -> RunResult:
-    started = time.perf_counter()
-    plan(dataclasses.replace(config, models=[name]))  # validates the name and select_epoch
-    arch = ARCHITECTURES[name]
-    train_split, val_split, test_split, vocab, meta = load_splits(config, arch.text, data_dir)
-    pad_id, unk_id, masked = vocab.pad_id, vocab.unk_id, arch.masked
-    vocab_size = len(vocab) if config.vocab_size is None else min(config.vocab_size, len(vocab))
-
-    # -- train (resumes from work_dir/name/last.pt) --------------------------------------------
-    torch.manual_seed(config.seed)  # the model's initial weights
-    mcfg = model_config(config, name, vocab_size, pad_id)
-    model = build_model(mcfg)
-    tcfg = train_config(config)
-    run_dir = Path(work_dir) / name
-    keep = KeepBest(model, run_dir / BEST) if config.select_epoch == "best_val" else None
-    result = train(
-        model, batch_source(train_split, config, masked, pad_id, unk_id), tcfg,
-        eval_batches=eval_batches(val_split, config, masked, pad_id),
-        callbacks=as_callbacks(callbacks) + ([keep] if keep else []),
-        checkpoint_dir=run_dir,
-    )
-    history = _history(result.history)
-    checkpoint, chosen = Path(result.checkpoint), len(history) - 1
-    if keep is not None:  # score the best-validation epoch's weights, not the last ones
-        model.load_state_dict(load_checkpoint(run_dir / BEST)["model_state"])
-        checkpoint, chosen = run_dir / BEST, keep.epoch
-
-    # -- score: test split (once, the chosen model), training rows, majority baseline ----------
-    test_acc = ClassificationMetrics(len(CLASS_NAMES))
-    test = evaluate(model, eval_batches(test_split, config, masked, pad_id), [test_acc])
-    train_scores = evaluate(model, eval_batches(train_split, config, masked, pad_id))
-    majority = 1.0 - baselines.majority_error(
-        torch.as_tensor(train_split.y), torch.as_tensor(test_split.y))
-    metrics = {
-        "test_accuracy": test["accuracy"],
-        "test_error": test["error"],
-        "test_loss": test["loss"],
-        **{f"test_accuracy_{slug(c)}": test[f"accuracy_class_{i}"]
-           for i, c in enumerate(CLASS_NAMES)},
-        "train_accuracy": train_scores["accuracy"],
-        "train_loss": train_scores["loss"],
-        "val_accuracy": history[chosen]["val_accuracy"],
-        "majority_accuracy": majority,
-        "chosen_epoch": float(chosen),
-    }  # fmt: skip
-
-    # -- figures ------------------------------------------------------------------------------
-    plot_dir = run_dir / "plots"
-    figures = {
-        "learning_curves": plots.learning_curves(
-            history, ["train_running_loss", "val_loss", "val_accuracy"],
-            plot_dir / "learning_curves.png", title=f"{name}: loss and val accuracy",
-        ),
-        "confusion_matrix": plots.confusion_matrix(
-            test_acc.confusion.numpy(), CLASS_NAMES, plot_dir / "confusion_matrix.png",
-            title=f"{name}: test accuracy {test['accuracy']:.4f}",
-        ),
-    }  # fmt: skip
-    variant = meta.get("train_variant", "unknown")
-    dataset = {
-        "dataset": "ag_news",
-        "variant": variant,
-        "train_rows_available": meta.get("train", {}).get("rows"),
-        "train_rows": len(train_split),
-        "val_rows": len(val_split),
-        "test_rows": len(test_split),
-        "test_truncated": len(test_split) < meta.get("test", {}).get("rows", len(test_split)),
-        "text": arch.text,
-        "vocab_size_prepared": len(vocab),
-        "vocab_size_used": vocab_size,
-        "sources": meta.get("sources"),
-    }
-    return RunResult(
-        task=TASK,
-        name=name,
-        params={"experiment": dataclasses.asdict(config), "model": mcfg,
-                "train": dataclasses.asdict(tcfg)},
-        metrics=metrics,
-        headline=HEADLINE,
-        history=history,
-        figures=figures,
-        tags={"model": name, "dataset": "ag_news", "data_variant": variant},
-        dataset=dataset,
-        model_config=config_dict(model),
-        checkpoint=checkpoint,
-        device=str(resolve_device(config.device)),
-        seconds=time.perf_counter() - started,
-    )
+EXPERIMENT = AGNews()

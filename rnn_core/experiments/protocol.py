@@ -1,0 +1,150 @@
+"""The shape every experiment has: named phases that one runner drives.
+
+An experiment is a subclass of `Experiment` holding the science only:
+
+    data(config, name, manifests)  -> Splits      train / val / test from the prepared manifests
+    model(config, name, data)      -> nn.Module   built from the config's model block
+    batches(config, name, data)    -> Batches     training batches per epoch, validation batches
+    (train: the runner, with rnn_core.training.train and the config's train block)
+    score(config, name, model, data) -> scores    the test split, once, plus baselines: numbers
+                                                  are the run's metrics; other values (a
+                                                  confusion matrix) go to the report only
+    report(config, name, model, data, history, scores, folder) -> Report   figures, samples
+
+`rnn_core.experiments.runner.run_configuration` does everything else, once for all of them:
+threads, seeding, device, the checkpoint folder and resume, epoch selection, the history's metric
+names (epoch, train_loss, val_<metric>, lr, seconds) and the RunResult.
+
+The test split is sealed inside `Splits` until the runner opens it for `score`: reading
+`data.test` in any other phase raises `SealedSplitError`, so no per-epoch curve, epoch choice
+or setting can ever be based on it.
+
+Its Config is one dataclass tree that maps 1:1 onto the profile's tables:
+
+    [ag_news]          the experiment's own fields (which configurations, data slices, ...)
+    [ag_news.train]    rnn_core.training.TrainConfig, embedded (epochs, lr, seed, select_epoch)
+    [ag_news.model]    the model block, from which the model config is built
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import nn
+
+from rnn_core.datasets.manifest import DatasetManifest
+from rnn_core.models import Batch
+from rnn_core.results import Headline
+
+
+class SealedSplitError(RuntimeError):
+    """A phase other than `score` read the test split."""
+
+
+class Splits:
+    """One configuration's data: `train`, `val`, `test` (any objects) plus experiment extras.
+
+        Splits(train=x, val=v, test=t, info={...}, vocab=vocab)   # extras become attributes
+
+    `info` is what the run records about the data (variant, rows, checksums, slices).
+    """
+
+    def __init__(self, train: Any, val: Any, test: Any, info: dict[str, Any] | None = None,
+                 **extras: Any):
+        self.train, self.val, self._test = train, val, test
+        self.info = dict(info or {})
+        self._sealed = True
+        for key, value in extras.items():
+            setattr(self, key, value)
+
+    @property
+    def test(self) -> Any:
+        if self._sealed:
+            raise SealedSplitError(
+                "the test split is read only by the final scoring phase (score); use val")
+        return self._test
+
+    @contextlib.contextmanager
+    def unsealed(self):
+        """The runner's scoring phase: the test split may be read inside this block only."""
+        self._sealed = False
+        try:
+            yield self
+        finally:
+            self._sealed = True
+
+
+@dataclass
+class Batches:
+    """What the training loop reads: `train(epoch)` batches and the validation batches scored
+    after every epoch (a callable returning an iterable, or a re-iterable collection)."""
+
+    train: Callable[[int], Iterable[Batch]]
+    val: Callable[[], Iterable[Batch]] | Iterable[Batch]
+
+
+@dataclass
+class Report:
+    """Artifacts of one configuration: PNG figures (name -> path) and texts (name -> text)."""
+
+    figures: dict[str, Path] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)
+
+
+class Experiment:
+    """Base class: subclasses set the class attributes and implement the phases."""
+
+    name: ClassVar[str]  # e.g. "ag_news": MLflow experiment rnnflow/<name>, profile table
+    Config: ClassVar[type]  # the config tree (a dataclass with `train` and `model` blocks)
+    headline: ClassVar[Headline]  # the test metric a configuration is judged by
+    datasets: ClassVar[tuple[str, ...]] = ()  # prepared datasets the experiment reads
+    # The validation metric (a key of evaluate()'s output, without "val_") and its goal, for
+    # `select_epoch = "best_val"`.
+    select_on: ClassVar[tuple[str, str]] = ("loss", "min")
+    # True for diagnostics (the vanishing-gradient study): their headline is not a model score
+    # and never moves a champion.
+    diagnostic: ClassVar[bool] = False
+
+    @property
+    def title(self) -> str:
+        """One line for the flow's description: the subclass docstring's first line."""
+        return (type(self).__doc__ or self.name).strip().splitlines()[0]
+
+    def needs(self, config: Any) -> list[str]:
+        """The datasets this config reads (default: `datasets`)."""
+        return list(self.datasets)
+
+    def plan(self, config: Any) -> list[str]:
+        """The configuration names this config trains, in order; validates cross-field rules."""
+        raise NotImplementedError
+
+    def data(self, config: Any, name: str, manifests: dict[str, DatasetManifest]) -> Splits:
+        raise NotImplementedError
+
+    def model(self, config: Any, name: str, data: Splits) -> nn.Module:
+        raise NotImplementedError
+
+    def batches(self, config: Any, name: str, data: Splits) -> Batches:
+        raise NotImplementedError
+
+    def score(self, config: Any, name: str, model: nn.Module, data: Splits) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def report(self, config: Any, name: str, model: nn.Module, data: Splits,
+               history: list[dict[str, float]], scores: dict[str, Any],
+               folder: Path) -> Report:
+        return Report()
+
+    def summarise(self, config: Any, results: list[Any], folder: Path) -> Report:
+        """Optional: figures across all configurations of one run (logged on the parent run),
+        e.g. the gradient study's three cells on one plot. `results`: the RunResults."""
+        return Report()
+
+    def tags(self, config: Any, name: str, data: Splits) -> dict[str, str]:
+        """Run tags; the data variant comes from the data phase's info."""
+        return {"model": name, "dataset": ",".join(self.needs(config)),
+                "data_variant": str(data.info.get("variant", "full"))}
