@@ -13,7 +13,7 @@ app = typer.Typer(
 # Commands are added below, one section per flow. Keep each command a thin call into flows/.
 
 
-# --- prepare: download, preprocess and bucket the datasets --------------------------------------
+# --- prepare: download and preprocess the datasets ---------------------------------------------
 @app.command()
 def prepare(
     data_dir: str = typer.Option("data", help="raw downloads and processed Parquet go here"),
@@ -21,14 +21,14 @@ def prepare(
         [], "--dataset", "-d", help="only these datasets (repeatable; default: all four)"),
     vocab_size: int = typer.Option(20000, help="AG News word vocabulary size"),
 ):
-    """Download (mirror first: $RNN_DATA_MIRROR), verify, preprocess and bucket the datasets."""
+    """Download (mirror first: $RNN_DATA_MIRROR), verify and preprocess the datasets."""
     import sys
     import time
 
     from rich.console import Console
     from rich.table import Table
 
-    from flows.prepare import ALL_DATASETS, prepare_data, step_count, step_states
+    from flows.prepare import ALL_DATASETS, prepare_data, step_count, step_states, summarise
 
     unknown = sorted(set(dataset) - set(ALL_DATASETS))
     if unknown:
@@ -37,9 +37,10 @@ def prepare(
     started = time.perf_counter()
     state = prepare_data(datasets=chosen, data_dir=data_dir, vocab_size=vocab_size,
                          return_state=True)
-    summary = state.result()  # raises the failing step's error (it names the file)
+    manifests = state.result()  # raises the failing step's error (it names the file)
     seconds = time.perf_counter() - started
-    table = Table(title=f"Prepared data under {data_dir}/processed")
+    summary = {name: summarise(m) for name, m in manifests.items()}
+    table = Table(title=f"Prepared data under {data_dir}/processed (each folder's manifest.json)")
     for column in ("dataset", "train", "train rows", "test rows", "train chars", "test chars",
                    "vocab", "padding, random", "padding, buckets"):
         table.add_column(column, justify="left" if column in ("dataset", "train") else "right")
@@ -57,16 +58,17 @@ def prepare(
             "-" if pad is None else f"{pad['buckets']:.1%} ({pad['num_buckets']})")
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(table)
-    console.print(f"Padding: share of padded slots in batches of {batch}, drawn at random or per "
-                  "length bucket (number of buckets). Rows: metro one per (day, slot, station); "
-                  "trump/moliere one per line of text; ag_news one per article.")
+    console.print(f"Padding: share of padded slots in train batches of {batch}, drawn at random "
+                  "or per length bucket (number of buckets). Rows: metro one per (day, slot, "
+                  "station); trump/moliere one per line of text; ag_news one per article.")
     for name, s in summary.items():
         for note in s["notes"]:
             console.print(f"[bold red]WARNING[/] {name}: {note}")
     states = step_states(state, expected=step_count(chosen))
     cached = sum(1 for v in states.values() if v == "Cached")
     console.print(f"Done in {seconds:.1f} s: {cached} of {len(states)} steps reused from the "
-                  "cache (downloads always re-verify the files on disk).")
+                  "cache (downloads always re-verify the files on disk; a preprocess step whose "
+                  "files no longer match its manifest runs again).")
 
 
 # --- run: the whole pipeline -------------------------------------------------------------------

@@ -1,97 +1,92 @@
-"""Flow `prepare_data`: download -> Parquet -> buckets for each dataset, and a summary of it.
+"""Flow `prepare_data`: download -> Parquet + manifest for each dataset asked for.
 
     data/raw/<dataset>/...          verified downloads
-    data/processed/<dataset>/...    train/test Parquet (+ vocab.json, meta.json, buckets.json)
+    data/processed/<dataset>/...    train/test Parquet, meta.json (+ vocab.json), manifest.json
 
-Run it with `rnnflow prepare`. A second run reuses the cached steps; a step whose output files
-were deleted runs again.
+Returns `{dataset: manifest dict}` (rnn_core.datasets.manifest.DatasetManifest.to_json()), which
+is what training receives. Run it with `rnnflow prepare`. A second run reuses the cached steps;
+a step whose outputs no longer match their manifest (deleted, truncated, edited) runs again.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+from rnn_core.datasets.io import remove_partial_writes
 from tasks.data import (
-    bucket_lengths,
     download_dataset,
     preprocess_ag_news,
+    preprocess_checked,
     preprocess_corpus,
     preprocess_metro,
-    rerun_if_outputs_missing,
 )
 
 Dataset = Literal["metro", "trump", "moliere", "ag_news"]
 ALL_DATASETS: list[Dataset] = ["metro", "trump", "moliere", "ag_news"]
-# Datasets whose sequences vary in length and are batched by length bucket. Metro windows and
-# the character corpora (cut into fixed-length chunks of the text stream) need no padding.
-VARIABLE_LENGTH = {"ag_news"}
-BATCH_SIZE = 64
 
 
 @flow(name="prepare-data")
 def prepare_data(datasets: list[Dataset] = ALL_DATASETS, data_dir: str = "data",
                  vocab_size: int = 20000, mirror: str | None = None,
                  mirror_only: bool = False) -> dict[str, dict]:
-    """Download, preprocess and bucket each dataset; returns a summary per dataset.
+    """Download and preprocess each of `datasets`; returns {dataset: manifest dict} for them.
 
     `mirror`: a folder or base URL laid out <dataset>/<file>; None reads $RNN_DATA_MIRROR.
     `mirror_only`: never contact the upstream URLs (offline machines, tests).
     """
     data = Path(data_dir).resolve()
-    summary = {}
-    for name in datasets:
-        out_dir = str(data / "processed" / name)
-        raw = download_dataset(name, str(data / "raw"), mirror, mirror_only)
+    manifests: dict[str, dict] = {}
+    for name in dict.fromkeys(datasets):  # each once, in the order asked
+        raw_dir, out_dir = data / "raw", data / "processed" / name
+        for folder in (raw_dir / name, out_dir):
+            for path in remove_partial_writes(folder):
+                get_run_logger().warning("removed %s, left by a write that was killed", path)
+        raw = download_dataset(name, str(raw_dir), mirror, mirror_only)
         if name == "metro":
-            processed = rerun_if_outputs_missing(preprocess_metro, out_dir)(raw, out_dir)
+            manifests[name] = preprocess_checked(preprocess_metro, raw, str(out_dir))
         elif name == "ag_news":
-            processed = rerun_if_outputs_missing(preprocess_ag_news, out_dir)(
-                raw, out_dir, vocab_size)
+            manifests[name] = preprocess_checked(preprocess_ag_news, raw, str(out_dir),
+                                                 vocab_size=vocab_size)
         else:
-            processed = rerun_if_outputs_missing(preprocess_corpus, out_dir)(raw, out_dir)
-        buckets = None
-        if name in VARIABLE_LENGTH:
-            buckets = rerun_if_outputs_missing(bucket_lengths, out_dir)(processed, BATCH_SIZE)
-        summary[name] = summarise(raw, processed, buckets)
-    return summary
+            manifests[name] = preprocess_checked(preprocess_corpus, raw, str(out_dir))
+    return manifests
 
 
-def summarise(raw: dict, processed: dict, buckets: dict | None) -> dict:
-    """One dataset's line of the summary: variant, rows per split, vocabulary and padding."""
-    meta = processed["summary"]
+def summarise(manifest: dict) -> dict[str, Any]:
+    """One dataset's line of `rnnflow prepare`'s table, from its manifest."""
+    meta = manifest["summary"]
+    pad = meta.get("padding")
     return {
-        "variant": raw["variant"],
-        "notes": raw["notes"],
-        "rows": {split: meta[split]["rows"] for split in ("train", "test")},
+        "variant": manifest["variant"],
+        "notes": manifest["notes"],
+        "rows": manifest["rows"],
         "chars": ({split: meta[split]["chars"] for split in ("train", "test")}
                   if "chars" in meta.get("train", {}) else None),
-        "vocab_size": meta.get("vocab_size"),
-        "padding": None if buckets is None else {
-            "batch_size": buckets["batch_size"],
-            "random": buckets["padding_random"],
-            "buckets": buckets["padding_buckets"],
-            "num_buckets": len(buckets["boundaries"]),
-        },
-        "out_dir": processed["out_dir"],
+        "vocab_size": manifest["vocab_size"],
+        "padding": None if pad is None else {
+            "batch_size": pad["batch_size"], "random": pad["random"], "buckets": pad["buckets"],
+            "num_buckets": len(pad["boundaries"])},
+        "folder": manifest["folder"],
     }
 
 
 def step_count(datasets: list[str]) -> int:
-    """Task runs prepare_data makes: download + preprocess per dataset, bucket where variable."""
-    return 2 * len(datasets) + len(VARIABLE_LENGTH.intersection(datasets))
+    """Task runs prepare_data makes: download + preprocess per dataset."""
+    return 2 * len(set(datasets))
 
 
 def step_states(flow_state, expected: int, timeout_s: float = 20) -> dict[str, str]:
     """Task run name -> final state name ("Completed", "Cached", ...) of one flow run.
 
     Task states reach the API through events, a moment after the flow returns: poll until the
-    `expected` runs all report a final state (or the timeout passes).
+    `expected` runs all report a final state (or the timeout passes). A name run twice (a cached
+    manifest that turned out stale, see tasks.data.preprocess_checked) keeps its latest run.
     """
     of_this_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
     deadline = time.monotonic() + timeout_s
@@ -100,5 +95,6 @@ def step_states(flow_state, expected: int, timeout_s: float = 20) -> dict[str, s
             runs = client.read_task_runs(flow_run_filter=of_this_run)
             final = [r for r in runs if r.state is not None and r.state.is_final()]
             if len(final) >= expected or time.monotonic() > deadline:
+                runs = sorted(runs, key=lambda r: str(r.expected_start_time or r.created))
                 return {r.name: r.state.name for r in runs if r.state is not None}
             time.sleep(0.25)

@@ -37,7 +37,8 @@ def prepared_data(mirror_dir, tmp_path_factory):
 
     Usage: `data_dir = prepared_data("metro", "trump")` -> Path with processed/metro, ...
     Each dataset is preprocessed once per test session, straight from the mirror files (the
-    download path is tested separately).
+    download path is tested separately); every folder ends with its manifest.json, so
+    `DatasetManifest.read(data_dir / "processed" / name)` gives what prepare_data would return.
     """
     from rnn_core.datasets.ag_news import preprocess_ag_news
     from rnn_core.datasets.corpus import preprocess_corpus

@@ -104,7 +104,10 @@ def test_build_vocab_frequency_then_alphabetical():
 
 def test_preprocess_schema_vocab_meta_and_round_trip(csvs, tmp_path):
     out = tmp_path / "out"
-    meta = preprocess_ag_news(*csvs, out, vocab_size=50, train_variant="subset")
+    manifest = preprocess_ag_news(*csvs, out, vocab_size=50, train_variant="subset")
+    meta = manifest.summary
+    assert manifest.variant == "subset" and "3-row subset train.csv" in manifest.notes[0]
+    assert manifest.rows == {"train": 3, "test": 2} and manifest.vocab_size == meta["vocab_size"]
     table = pq.read_table(out / "train.parquet")
     assert table.schema.equals(AG_NEWS_SCHEMA)
     row = table.slice(0, 1).to_pylist()[0]
@@ -145,9 +148,13 @@ def _mirror(name: str) -> Path:
 
 @pytest.mark.slow
 def test_real_mirror_files_and_bucket_padding(tmp_path):
-    meta = preprocess_ag_news(
-        _mirror("train_subset.csv"), _mirror("test.csv"), tmp_path, train_variant="subset"
+    note = "train.csv could not be had, so ag_news/train_subset.csv was used instead"
+    manifest = preprocess_ag_news(
+        _mirror("train_subset.csv"), _mirror("test.csv"), tmp_path, train_variant="subset",
+        notes=[note],
     )
+    meta = manifest.summary
+    assert manifest.notes == [note]  # the download step's words, not a default
     assert meta["train"]["rows"] == 41_342 and meta["test"]["rows"] == 7_600
     assert meta["train"]["class_counts"] == [10_268, 10_255, 10_381, 10_438]
     assert meta["test"]["class_counts"] == [1_900] * 4 and meta["train_test_overlap"] == 0
@@ -164,3 +171,7 @@ def test_real_mirror_files_and_bucket_padding(tmp_path):
     boundaries = choose_boundaries(lengths, 64, max_padding=0.05)
     bucketed = padding_fraction(lengths, BucketBatchSampler(lengths, 64, boundaries, seed=0))
     assert padding_fraction(lengths, random_batches) > 0.3 and bucketed <= 0.05
+    # meta.json records the same figures (what `rnnflow prepare` prints).
+    assert meta["padding"]["boundaries"] == boundaries and meta["padding"]["batch_size"] == 64
+    assert meta["padding"]["buckets"] == pytest.approx(bucketed)
+    assert meta["padding"]["random"] == pytest.approx(padding_fraction(lengths, random_batches))

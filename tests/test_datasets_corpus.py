@@ -60,7 +60,10 @@ def test_clean_moliere_keeps_characters():
 def test_split_is_contiguous_and_adds_up(tmp_path, name, raw):
     path = tmp_path / f"{name}.txt"
     path.write_text(raw, encoding="utf-8", newline="")
-    meta = preprocess_corpus(name, path, tmp_path / "out", train_fraction=0.7)
+    manifest = preprocess_corpus(name, path, tmp_path / "out", train_fraction=0.7)
+    meta = manifest.summary
+    assert manifest.rows == {s: meta[s]["rows"] for s in ("train", "test")}
+    assert manifest.vocab_size == meta["vocab_size"] and manifest.variant == "full"
     cleaned = {"trump": clean_trump, "moliere": clean_moliere}[name](raw)[0]
     train, test, chars = load_corpus(tmp_path / "out")
     assert train + test == cleaned and len(train) == int(len(cleaned) * 0.7)
@@ -114,7 +117,7 @@ def _mirror(relative: str) -> Path:
 
 @pytest.mark.slow
 def test_real_moliere(tmp_path):
-    meta = preprocess_corpus("moliere", _mirror("moliere/moliere.txt"), tmp_path)
+    meta = preprocess_corpus("moliere", _mirror("moliere/moliere.txt"), tmp_path).summary
     assert meta["raw_chars"] == meta["clean_chars"] == 1_687_290
     assert meta["train"]["chars"] + meta["test"]["chars"] == 1_687_290
     train, test, chars = load_corpus(tmp_path)
@@ -124,7 +127,7 @@ def test_real_moliere(tmp_path):
 
 @pytest.mark.slow
 def test_real_trump(tmp_path):
-    meta = preprocess_corpus("trump", _mirror("trump/trump_full_speech.txt"), tmp_path)
+    meta = preprocess_corpus("trump", _mirror("trump/trump_full_speech.txt"), tmp_path).summary
     train, test, chars = load_corpus(tmp_path)
     assert len(train) + len(test) == meta["clean_chars"]
     assert set(chars) <= TRUMP_CHARS and (train + test).count("\n") == 74  # one per speech

@@ -1,4 +1,11 @@
-"""Atomic writers: a failure half-way through leaves the previous file and no temp files."""
+"""Atomic writers: a failure half-way through leaves the previous file and no temp files; the
+temp files a killed write leaves are cleaned up later."""
+
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,3 +57,27 @@ def test_read_parquet_checked_rejects_other_schema(tmp_path):
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
     with pytest.raises(DataFormatError, match=r"junk.parquet: not a readable Parquet"):
         read_parquet_checked(tmp_path / "junk.parquet", pa.schema([("x", pa.int64())]))
+
+
+def test_remove_partial_writes_only_old_temp_files_of_our_writers(tmp_path):
+    sub = tmp_path / "processed" / "metro"
+    sub.mkdir(parents=True)
+    killed = sub / f".train.parquet.{uuid.uuid4().hex}.tmp"  # _write_bytes_atomic's name
+    killed.write_bytes(b"PAR1 half")
+    fd, part = tempfile.mkstemp(dir=tmp_path, prefix=".a.txt.", suffix=".part")  # the fetcher's
+    os.close(fd)
+    fresh = sub / f".test.parquet.{uuid.uuid4().hex}.tmp"  # maybe another run's write in flight
+    fresh.write_bytes(b"PAR1")
+    others = [sub / "train.parquet", sub / ".keep", sub / "notes.tmp", sub / ".x.tmp"]
+    for path in others:
+        path.write_bytes(b"x")
+    hour_ago = time.time() - 3600
+    for path in [killed, Path(part), *others]:
+        os.utime(path, (hour_ago, hour_ago))
+
+    removed = io.remove_partial_writes(tmp_path)
+    assert sorted(removed) == sorted([killed, Path(part)])
+    assert not killed.exists() and not Path(part).exists()
+    assert fresh.exists() and all(p.exists() for p in others)
+    assert io.remove_partial_writes(tmp_path, min_age_s=0) == [fresh]
+    assert io.remove_partial_writes(tmp_path / "absent") == []

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from rnn_core.datasets.io import DataFormatError
+from rnn_core.datasets.io import DataFormatError, sha256_file
 from rnn_core.datasets.metro import (
     METRO_SCHEMA,
     gather_windows,
@@ -34,8 +34,11 @@ def raw(tmp_path) -> Path:
 
 def test_round_trip_schema_and_order(raw, tmp_path):
     out = tmp_path / "out"
-    summary = preprocess_metro(raw, out)
-    assert summary["train"]["rows"] == 3 * 73 * 80 and summary["test"]["days"] == 2
+    manifest = preprocess_metro(raw, out)
+    assert manifest.rows == {"train": 3 * 73 * 80, "test": 2 * 73 * 80}
+    assert manifest.summary["test"]["days"] == 2 and manifest.variant == "full"
+    assert sorted(manifest.files) == ["meta.json", "test.parquet", "train.parquet"]
+    assert manifest.summary["source"]["sha256"] == sha256_file(raw)
     table = pq.read_table(out / "train.parquet")
     assert table.schema.equals(METRO_SCHEMA)
     keys = np.stack([table.column(c).to_numpy() for c in ("day", "slot", "station")], 1)
@@ -134,9 +137,9 @@ def test_real_mirror_file(tmp_path):
     raw = Path(os.environ.get("RNN_DATA_MIRROR", "/work/shared/datasets")) / "metro/hzdataset.pch"
     if not raw.is_file():
         pytest.skip(f"{raw} not available")
-    summary = preprocess_metro(raw, tmp_path)
-    assert summary["train"]["rows"] == 18 * 73 * 80 and summary["test"]["rows"] == 7 * 73 * 80
-    assert summary["train"]["max"] == 4876.0
+    manifest = preprocess_metro(raw, tmp_path)
+    assert manifest.rows == {"train": 18 * 73 * 80, "test": 7 * 73 * 80}
+    assert manifest.summary["train"]["max"] == 4876.0
     train = load_metro(tmp_path / "train.parquet")
     assert train.shape == (18, 73, 80, 2) and load_metro(tmp_path / "test.parquet").shape[0] == 7
     assert (training_maxima(train) > 1).all()

@@ -12,6 +12,7 @@ import http.server
 import io
 import logging
 import os
+import socket
 import tarfile
 import threading
 import zipfile
@@ -175,6 +176,35 @@ def test_wrong_checksum_is_permanent_and_leaves_nothing(server, raw_dir):
     assert "ag_news/test.csv" in str(info.value) and "sha256" in str(info.value)
     assert not is_transient(info.value)
     assert files_under(raw_dir) == []
+
+
+def closed_port_url(path: str) -> str:
+    """A URL on 127.0.0.1 where nothing listens: connection refused, a transient failure."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"
+
+
+def test_checksum_mismatch_is_permanent_even_when_upstream_is_unreachable(server, raw_dir,
+                                                                         mirror_root):
+    """Offline, the upstream URLs always fail transiently; a bad mirror copy must not turn into
+    retries (they would fetch the same wrong bytes): it fails at once, naming the mirror copy."""
+    (mirror_root / "ag_news" / "classes.txt").write_bytes(b"World\nSports\nBusiness\nSci/Tec\n\n")
+    spec = spec_for("classes.txt", CLASSES, sources=(Source(closed_port_url("/classes.txt")),))
+    with pytest.raises(PermanentFetchError) as info:
+        fetch(spec, raw_dir, mirror=server.url)
+    kinds = [type(a) for a in info.value.attempts]
+    assert kinds == [ChecksumMismatchError, TransientFetchError]  # mirror, then upstream
+    assert not is_transient(info.value)
+    assert "sha256" in str(info.value) and "ConnectionError" in str(info.value)
+    assert files_under(raw_dir) == []
+    # Still transient, and retried, when no source served wrong bytes.
+    server.misbehave["/ag_news/classes.txt"] = [503]
+    (mirror_root / "ag_news" / "classes.txt").write_bytes(CLASSES)
+    with pytest.raises(TransientFetchError) as info:
+        fetch(spec, raw_dir, mirror=server.url)
+    assert is_transient(info.value)
 
 
 def test_failed_download_leaves_the_existing_file_as_it_was(server, raw_dir, mirror_root):

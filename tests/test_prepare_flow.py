@@ -4,8 +4,10 @@ and the download task's retry policy against a real HTTP server on 127.0.0.1."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,10 +17,11 @@ from prefect.settings import (
     PREFECT_RESULTS_LOCAL_STORAGE_PATH,
     temporary_settings,
 )
-from test_download import MirrorServer
+from test_download import MirrorServer, closed_port_url
 
-from flows.prepare import ALL_DATASETS, prepare_data, step_count, step_states
+from flows.prepare import ALL_DATASETS, prepare_data, step_count, step_states, summarise
 from rnn_core.datasets.io import read_json
+from rnn_core.datasets.manifest import DatasetManifest
 from rnn_core.datasets.sources import PermanentFetchError
 from tasks.data import download_dataset
 
@@ -40,9 +43,13 @@ def test_prepare_data_end_to_end_then_cached(prefect_harness, mirror_dir, tmp_pa
     data_dir = tmp_path / "data"
     with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "results"}):
         first, first_s = timed_run(data_dir, mirror_dir)
-        summary = first.result()
+        manifests = first.result()
 
         processed = data_dir / "processed"
+        assert list(manifests) == ALL_DATASETS
+        for name, manifest in manifests.items():  # what training receives is what is on disk
+            assert DatasetManifest.read(processed / name).to_json() == manifest
+            DatasetManifest.from_json(manifest).verify()
         parquets = sorted(str(p.relative_to(processed)) for p in processed.rglob("*.parquet"))
         assert parquets == [f"{d}/{s}.parquet" for d in ("ag_news", "metro", "moliere", "trump")
                             for s in ("test", "train")]
@@ -51,38 +58,54 @@ def test_prepare_data_end_to_end_then_cached(prefect_harness, mirror_dir, tmp_pa
         assert rows["metro/test.parquet"] == 7 * 73 * 80
         assert rows["ag_news/test.parquet"] == 7_600
         assert rows["ag_news/train.parquet"] == 41_342  # the mirror only has the subset
-        ag = summary["ag_news"]
+        ag = manifests["ag_news"]
         assert ag["variant"] == "subset" and "41,342" in ag["notes"][0]
         assert read_json(processed / "ag_news" / "meta.json")["train_variant"] == "subset"
         assert ag["vocab_size"] == 20_000
-        assert ag["padding"]["buckets"] <= 0.05 < ag["padding"]["random"]
-        assert read_json(processed / "ag_news" / "buckets.json")["boundaries"]
+        assert ag["summary"]["padding"]["buckets"] <= 0.05 < ag["summary"]["padding"]["random"]
+        assert not list(processed.rglob("buckets.json"))  # bucketing is training's business
         for corpus in ("trump", "moliere"):  # the two text splits add up to the cleaned text
-            meta = read_json(processed / corpus / "meta.json")
+            meta = manifests[corpus]["summary"]
             assert meta["train"]["chars"] + meta["test"]["chars"] == meta["clean_chars"]
-            assert summary[corpus]["rows"] == {s: rows[f"{corpus}/{s}.parquet"]
-                                               for s in ("train", "test")}
+            assert manifests[corpus]["rows"] == {s: rows[f"{corpus}/{s}.parquet"]
+                                                 for s in ("train", "test")}
+        assert summarise(ag)["padding"]["num_buckets"] == len(ag["summary"]["padding"]
+                                                              ["boundaries"])
+        assert summarise(manifests["metro"])["chars"] is None
         assert task_states(first)["preprocess-ag_news"] == "Completed"
 
         # Second run: every data step is reused, and the outputs are the same files.
         before = {p: (processed / p).stat().st_mtime_ns for p in parquets}
         second, second_s = timed_run(data_dir, mirror_dir)
-        assert second.result() == summary
+        assert second.result() == manifests
         states = task_states(second)
-        cached_steps = [n for n in states if n.startswith(("preprocess", "bucket"))]
-        assert len(cached_steps) == 5 and all(states[n] == "Cached" for n in cached_steps)
-        assert all(states[f"download-{d}"] == "Completed" for d in summary)  # verify, no copy
+        cached_steps = [n for n in states if n.startswith("preprocess")]
+        assert len(cached_steps) == 4 and all(states[n] == "Cached" for n in cached_steps)
+        assert all(states[f"download-{d}"] == "Completed" for d in manifests)  # verify, no copy
         assert {p: (processed / p).stat().st_mtime_ns for p in parquets} == before
         assert second_s < first_s
 
-        # A deleted output is not "cached": that step runs again and rewrites it.
+        # Outputs that no longer match their manifest are not "cached": that step runs again
+        # and rewrites them. Metro's train split truncated (what a full disk or a copy cut short
+        # leaves), trump's deleted, moliere's manifest gone. A killed write's temp file goes.
+        metro_train = processed / "metro" / "train.parquet"
+        metro_train.write_bytes(metro_train.read_bytes()[:5000])
         (processed / "trump" / "train.parquet").unlink()
+        (processed / "moliere" / "manifest.json").unlink()
+        leftover = processed / "ag_news" / f".train.parquet.{uuid.uuid4().hex}.tmp"
+        leftover.write_bytes(b"PAR1 cut")
+        os.utime(leftover, (time.time() - 3600,) * 2)
         third, _ = timed_run(data_dir, mirror_dir)
+        assert third.result() == manifests  # the same bytes again
         states = task_states(third)
-        assert states["preprocess-trump"] == "Completed"
-        assert states["preprocess-moliere"] == "Cached"
+        assert {n: states[n] for n in cached_steps} == {
+            "preprocess-metro": "Completed", "preprocess-trump": "Completed",
+            "preprocess-moliere": "Completed", "preprocess-ag_news": "Cached"}
+        DatasetManifest.read(processed / "metro").verify()  # the file matches again
+        assert pq.ParquetFile(metro_train).metadata.num_rows == rows["metro/train.parquet"]
         assert pq.ParquetFile(processed / "trump" / "train.parquet").metadata.num_rows == rows[
             "trump/train.parquet"]
+        assert not leftover.exists()
 
         # Bad input: a mirror whose moliere.txt is cut short. The run stops at that file, names
         # it, and leaves the earlier good raw and processed files as they were.
@@ -102,6 +125,30 @@ def test_prepare_data_end_to_end_then_cached(prefect_harness, mirror_dir, tmp_pa
         assert "size is 100,000 bytes" in str(info.value)
         assert list((data_dir / "raw" / "moliere").iterdir()) == []  # no partial copy
         assert {p: (processed / p).stat().st_mtime_ns for p in parquets} == before
+
+
+def test_prepare_only_what_is_asked_and_never_a_stale_cached_manifest(prefect_harness,
+                                                                      mirror_dir, tmp_path):
+    """The pipeline asks for the datasets its experiments need and gets exactly their manifests;
+    a cached manifest from earlier parameters is not handed out once the folder was rewritten."""
+    data_dir = str(tmp_path / "data")
+
+    def run(vocab_size):
+        state = prepare_data(datasets=["ag_news"], data_dir=data_dir, vocab_size=vocab_size,
+                             mirror=str(mirror_dir), mirror_only=True, return_state=True)
+        return state.result(), step_states(state, expected=step_count(["ag_news"]))
+
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "results"}):
+        big, _ = run(20_000)
+        assert list(big) == ["ag_news"] and big["ag_news"]["vocab_size"] == 20_000
+        small, _ = run(500)  # rewrites processed/ag_news
+        assert small["ag_news"]["vocab_size"] == 500
+        # vocab 20000 again: its cached manifest describes files that were overwritten since.
+        again, states = run(20_000)
+        assert again == big and states["preprocess-ag_news"] == "Completed"
+        folder = Path(big["ag_news"]["folder"])
+        assert DatasetManifest.read(folder).to_json() == big["ag_news"]
+        DatasetManifest.read(folder).verify()
 
 
 @pytest.fixture
@@ -142,6 +189,25 @@ def test_download_task_does_not_retry_a_404(lone_task_run, tmp_path):
         quick = download_dataset.with_options(retry_delay_seconds=0)
         with pytest.raises(PermanentFetchError, match="toy/a.txt"):
             quick("toy", str(tmp_path / "raw"), mirror="", sources_file=str(sources))
+        assert server.requests == ["/a.txt"]
+    finally:
+        server.close()
+
+
+def test_download_task_does_not_retry_a_checksum_mismatch(lone_task_run, tmp_path):
+    """The served copy has other bytes and the second source is unreachable (as upstream is on
+    an offline machine): one attempt, no retries."""
+    (tmp_path / "served").mkdir()
+    (tmp_path / "served" / "a.txt").write_bytes(b"hellO\n")
+    server = MirrorServer(tmp_path / "served")
+    try:
+        sources = _one_file_sources(tmp_path, f"{server.url}/a.txt", b"hello\n")
+        unreachable = closed_port_url("/a.txt")
+        sources.write_text(sources.read_text().replace(" }]", f' }}, {{ url = "{unreachable}" }}]'))
+        quick = download_dataset.with_options(retry_delay_seconds=0)
+        with pytest.raises(PermanentFetchError, match="toy/a.txt") as info:
+            quick("toy", str(tmp_path / "raw"), mirror="", sources_file=str(sources))
+        assert "sha256 is" in str(info.value)
         assert server.requests == ["/a.txt"]
     finally:
         server.close()

@@ -8,7 +8,9 @@ Processed layout (`out_dir`, e.g. `data/processed/ag_news`):
     train.parquet, test.parquet   AG_NEWS_SCHEMA; label 0-3, title/description cleaned,
                                   text = title + " " + description, ids = vocab ids of text
     vocab.json                    {"tokens", "pad_id", "unk_id", "size", "built_on", ...}
-    meta.json                     variant, rows, class counts, sources + sha256, unk rates
+    meta.json                     variant, rows, class counts, sources + sha256, unk rates,
+                                  padding of train batches of 64: random vs length buckets
+    manifest.json                 written last: every file above with its size and sha256
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from rnn_core.datasets.bucketing import (
+    BucketBatchSampler,
+    choose_boundaries,
+    padding_fraction,
+)
 from rnn_core.datasets.io import (
     DataFormatError,
     read_json,
@@ -32,7 +39,10 @@ from rnn_core.datasets.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from rnn_core.datasets.manifest import DatasetManifest
 
+PADDING_BATCH_SIZE = 64  # the batch size the padding figures in meta.json are measured at
+PADDING_TARGET = 0.05  # what choose_boundaries aims for (share of padded slots per batch)
 CLASS_NAMES = ("World", "Sports", "Business", "Sci/Tech")  # label 0..3 = classes.txt lines 1..4
 FULL_TRAIN_ROWS = 120_000  # the published train.csv; the mirror's train_subset.csv has fewer
 PAD, UNK = "<pad>", "<unk>"
@@ -276,19 +286,43 @@ def _split_stats(table: pa.Table, vocab: Vocab) -> dict:
     }
 
 
+def padding_summary(lengths, batch_size: int = PADDING_BATCH_SIZE,
+                    max_padding: float = PADDING_TARGET, seed: int = 0) -> dict:
+    """Share of padded slots over one epoch of batches drawn at random vs per length bucket.
+
+    What length bucketing buys on this split, for the record (a few ms). Training chooses its
+    own boundaries at its own batch size with `choose_boundaries`; nothing reads these back.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.random.default_rng(seed).permutation(lengths.size)
+    random_batches = [order[i : i + batch_size] for i in range(0, lengths.size, batch_size)]
+    boundaries = choose_boundaries(lengths, batch_size, max_padding=max_padding)
+    buckets = BucketBatchSampler(lengths, batch_size, boundaries, shuffle=True, seed=seed)
+    return {
+        "batch_size": batch_size,
+        "max_padding": max_padding,
+        "random": padding_fraction(lengths, random_batches),
+        "buckets": padding_fraction(lengths, buckets),
+        "boundaries": boundaries,  # inclusive upper edges, ascending
+    }
+
+
 def preprocess_ag_news(
     train_csv: Path,
     test_csv: Path,
     out_dir: Path,
     vocab_size: int = 20000,
     train_variant: str = "full",
-) -> dict:
-    """Read, clean, tokenize and write AG News under `out_dir`; returns the meta.json dict.
+    notes: list[str] | None = None,
+) -> DatasetManifest:
+    """Read, clean, tokenize and write AG News under `out_dir`, manifest.json last.
 
     `train_variant` says which training file this is: "full" (the published 120,000-row
     train.csv; checked) or "subset" (the mirror's train_subset.csv; fewer rows, results must say
     so). The vocabulary is built on the training split only. Everything is read and validated
     before the first file is written, so bad input leaves earlier output untouched.
+    Returns the manifest (variant = train_variant, summary = meta.json's dict); `notes` say why
+    a subset is used (the download step's words; a default note when none is given).
     """
     train_csv, test_csv, out_dir = Path(train_csv), Path(test_csv), Path(out_dir)
     if train_variant not in ("full", "subset"):
@@ -319,12 +353,23 @@ def preprocess_ag_news(
         "train_test_overlap": overlap,
         "tokenizer": "lowercase; \\w+(?:['.,]\\w+)* words, other non-space chars alone",
         **{split: _split_stats(table, vocab) for split, table in tables.items()},
+        "padding": padding_summary(tables["train"].column("length").to_numpy()),
     }
+    notes = list(notes or [])
+    if train_variant == "subset" and not notes:
+        notes.append(f"train is the {n_train:,}-row subset {train_csv.name}, not the full "
+                     f"{FULL_TRAIN_ROWS:,}-row train.csv: results are on the subset")
     for split, table in tables.items():
         write_parquet_atomic(table, out_dir / f"{split}.parquet")
     write_json_atomic(vocab.to_json(), out_dir / "vocab.json")
-    write_json_atomic(meta, out_dir / "meta.json")  # last: its presence marks a finished run
-    return meta
+    write_json_atomic(meta, out_dir / "meta.json")
+    manifest = DatasetManifest.build(
+        "ag_news", train_variant, out_dir,
+        ["train.parquet", "test.parquet", "vocab.json", "meta.json"],
+        rows={split: table.num_rows for split, table in tables.items()},
+        vocab_size=len(vocab), notes=notes, summary=meta)
+    manifest.write()  # last: a manifest only ever lists files that are already complete
+    return manifest
 
 
 def load_ag_news(out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, Vocab]:

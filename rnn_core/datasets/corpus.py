@@ -6,6 +6,7 @@ Processed layout (`out_dir`, e.g. `data/processed/trump`):
                                   corpus; joining a split's rows gives exactly that split's text
     vocab.json                    {"chars": sorted characters, "size", "built_on"}
     meta.json                     source + sha256, char counts, cleaning report
+    manifest.json                 written last: every file above with its size and sha256
 
 The split is contiguous: train = the first `train_fraction` of the characters, test = the rest,
 cut at an exact character offset (it may fall inside a line; that line then starts the test
@@ -31,6 +32,7 @@ from rnn_core.datasets.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from rnn_core.datasets.manifest import DatasetManifest
 
 CORPUS_SCHEMA = pa.schema([("text", pa.string()), ("offset", pa.int64())])
 SPLITS = ("train", "test")
@@ -144,10 +146,13 @@ def _line_rows(text: str, start: int) -> pa.Table:
 
 
 def preprocess_corpus(
-    name: str, raw_file: Path, out_dir: Path, train_fraction: float = 0.9
-) -> dict:
+    name: str, raw_file: Path, out_dir: Path, train_fraction: float = 0.9,
+    notes: list[str] | None = None,
+) -> DatasetManifest:
     """Clean `raw_file` with the `name` cleaner ("trump" | "moliere"), split it contiguously and
-    write train/test Parquet, vocab.json and meta.json under `out_dir`; returns meta.json's dict.
+    write train/test Parquet, vocab.json, meta.json and last manifest.json under `out_dir`.
+
+    Returns the manifest; its `summary` is meta.json's dict, `notes` are kept in it.
 
     train = cleaned[: int(len * train_fraction)], test = the rest, so their lengths add up to
     the cleaned length. Nothing is written if reading or cleaning fails.
@@ -179,8 +184,14 @@ def preprocess_corpus(
     for split, table in tables.items():
         write_parquet_atomic(table, out_dir / f"{split}.parquet")
     write_json_atomic(vocab, out_dir / "vocab.json")
-    write_json_atomic(meta, out_dir / "meta.json")  # last: its presence marks a finished run
-    return meta
+    write_json_atomic(meta, out_dir / "meta.json")
+    manifest = DatasetManifest.build(
+        name, "full", out_dir, [*(f"{split}.parquet" for split in SPLITS), "vocab.json",
+                                "meta.json"],
+        rows={split: meta[split]["rows"] for split in SPLITS}, vocab_size=len(chars),
+        notes=notes, summary=meta)
+    manifest.write()  # last: a manifest only ever lists files that are already complete
+    return manifest
 
 
 def _read_split(path: Path, start: int) -> str:

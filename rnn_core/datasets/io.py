@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,38 @@ def _write_bytes_atomic(path: Path, write) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+# Names of temp files a killed write leaves behind: `_write_bytes_atomic`'s `.<name>.<uuid hex>.tmp`
+# and the fetcher's `.<name>.<mkstemp suffix>.part` (rnn_core.datasets.sources._temp_beside).
+PARTIAL_WRITE = re.compile(r"\..+\.(?:[0-9a-f]{32}\.tmp|[a-z0-9_]{8}\.part)")
+# A temp file younger than this may belong to a write still in progress (another prepare on the
+# same folder): its writer renames it away within seconds, and deleting it would crash that run.
+PARTIAL_WRITE_MIN_AGE_S = 60.0
+
+
+def remove_partial_writes(folder: Path, min_age_s: float = PARTIAL_WRITE_MIN_AGE_S) -> list[Path]:
+    """Delete the temp files that killed writes left under `folder` (recursively); returns them.
+
+    A write that is killed (SIGKILL, power loss) never reaches its cleanup, so its temp file
+    stays. Nothing reads those files, but they pile up at full size, one per killed run. Only
+    names our writers make are touched, and only when older than `min_age_s`.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    cutoff = time.time() - min_age_s
+    removed = []
+    for path in sorted(folder.rglob(".*")):
+        if not PARTIAL_WRITE.fullmatch(path.name) or not path.is_file() or path.is_symlink():
+            continue
+        try:
+            if path.stat().st_mtime <= cutoff:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # its writer renamed or removed it meanwhile
+            pass
+    return removed
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> Path:

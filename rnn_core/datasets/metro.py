@@ -8,6 +8,8 @@ Processed layout (`out_dir`, e.g. `data/processed/metro`):
     train.parquet, test.parquet   one row per (day, slot, station), sorted by that triple;
                                   day is the index *within the split* (test day 0 = 19 Jan)
     schema: day int16, slot int16, station int16, inflow float32, outflow float32
+    meta.json                     source + sha256, rows, days, flow totals and max per split
+    manifest.json                 written last: every file above with its size and sha256
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from rnn_core.datasets.io import DataFormatError, read_parquet_checked, write_parquet_atomic
+from rnn_core.datasets.io import (
+    DataFormatError,
+    read_parquet_checked,
+    sha256_file,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from rnn_core.datasets.manifest import DatasetManifest
 
 NUM_SLOTS = 73  # quarter hours from 05:30 to 23:30
 NUM_STATIONS = 80
@@ -100,27 +109,37 @@ def metro_table(x: np.ndarray) -> pa.Table:
     return pa.Table.from_arrays([pa.array(c) for c in columns], schema=METRO_SCHEMA)
 
 
-def preprocess_metro(raw_file: Path, out_dir: Path) -> dict:
-    """Validate the raw archive and write `train.parquet` / `test.parquet` under `out_dir`.
+def preprocess_metro(raw_file: Path, out_dir: Path, notes: list[str] | None = None
+                     ) -> DatasetManifest:
+    """Validate the raw archive and write train/test Parquet, meta.json, then manifest.json.
 
     Both splits are validated before anything is written, so a bad archive leaves earlier good
-    output untouched. Returns a summary: rows, days, total in/out flow and max per split.
+    output untouched. Returns the manifest; its `summary` is meta.json (rows, days, total in/out
+    flow and max per split). `notes` (e.g. from the download step) are kept in the manifest.
     """
     raw_file, out_dir = Path(raw_file), Path(out_dir)
     splits = read_metro_raw(raw_file)
     tables = {split: metro_table(x) for split, x in splits.items()}
-    summary: dict = {"source": raw_file.name, "slots": NUM_SLOTS, "stations": NUM_STATIONS}
+    meta: dict = {"dataset": "metro", "source": {"file": raw_file.name,
+                                                 "sha256": sha256_file(raw_file)},
+                  "slots": NUM_SLOTS, "stations": NUM_STATIONS}
     for split, table in tables.items():
-        write_parquet_atomic(table, out_dir / f"{split}.parquet")
         x = splits[split]
-        summary[split] = {
+        meta[split] = {
             "rows": table.num_rows,
             "days": int(x.shape[0]),
             "inflow_total": float(x[..., 0].sum(dtype=np.float64)),
             "outflow_total": float(x[..., 1].sum(dtype=np.float64)),
             "max": float(x.max()),
         }
-    return summary
+    for split, table in tables.items():
+        write_parquet_atomic(table, out_dir / f"{split}.parquet")
+    write_json_atomic(meta, out_dir / "meta.json")
+    manifest = DatasetManifest.build(
+        "metro", "full", out_dir, [f"{split}.parquet" for split in SPLITS] + ["meta.json"],
+        rows={split: meta[split]["rows"] for split in SPLITS}, notes=notes, summary=meta)
+    manifest.write()  # last: a manifest only ever lists files that are already complete
+    return manifest
 
 
 def load_metro(path: Path) -> np.ndarray:

@@ -10,6 +10,7 @@ dataset and falls back to a stand-in (AG News' 41,342-row train subset) when a f
 Failures are split in two so that callers retry only what a retry can fix: TransientFetchError
 (connection refused or reset, timeout, HTTP 5xx/429/408, a truncated body) and
 PermanentFetchError (HTTP 404 and other 4xx, checksum mismatch, hostile archive, missing file).
+A checksum mismatch from any source makes the whole fetch permanent: see `fetch`.
 """
 
 from __future__ import annotations
@@ -73,8 +74,12 @@ class ChecksumMismatchError(PermanentFetchError):
 
 
 def is_transient(error: BaseException) -> bool:
-    """Whether trying again later may help: the retry condition for download tasks."""
-    return isinstance(error, TransientFetchError)
+    """Whether trying again later may help: the retry condition for download tasks.
+
+    Never when any source served bytes that fail their checksum (see `fetch`).
+    """
+    return isinstance(error, TransientFetchError) and not any(
+        isinstance(a, ChecksumMismatchError) for a in error.attempts)
 
 
 @dataclass(frozen=True)
@@ -150,7 +155,12 @@ def fetch(spec: FileSpec, raw_dir: str | os.PathLike, mirror: str | os.PathLike 
     if not failures:
         raise PermanentFetchError("no mirror set (RNN_DATA_MIRROR) and no upstream source"
                                   + ("" if upstream else " allowed"), file=spec.file_id)
-    kind = (TransientFetchError if any(isinstance(f, TransientFetchError) for f in failures)
+    # A source that served other bytes than sources.toml describes (a bad mirror copy, a wrong
+    # checksum) needs a person, not a retry: that makes the failure permanent even when another
+    # source only had a network hiccup (offline, the upstream URLs always fail that way).
+    mismatch = any(isinstance(f, ChecksumMismatchError) for f in failures)
+    kind = (TransientFetchError
+            if not mismatch and any(isinstance(f, TransientFetchError) for f in failures)
             else PermanentFetchError)
     tried = "\n".join(f"  - {f.url}: {f.reason}" for f in failures)
     raise kind(f"no source gave a good copy; tried:\n{tried}", file=spec.file_id,
