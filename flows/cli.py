@@ -238,11 +238,11 @@ def promote(
     tracking_uri: str = typer.Option(None, help="MLflow store (default: mlruns/mlflow.db)"),
 ):
     """Move the champion alias by hand, e.g. away from a champion measured on another split."""
-    from tasks.tracking import configure
+    from tasks.tracking import champion_uri, configure
     from tasks.tracking.champion import promote_by_hand
 
     promote_by_hand(configure(tracking_uri), model, version, reason)
-    typer.echo(f"models:/{model}@champion -> version {version}")
+    typer.echo(f"{champion_uri(model)} -> version {version}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from rnn_core import experiments
 from rnn_core.results import RunResult
 from tasks import tracking
 from tasks.progress import PrefectProgress
-from tasks.tracking import champion, compare
+from tasks.tracking import champion
+from tasks.tracking.names import PROFILE_TAG
+from tasks.tracking.summaries import SummaryRow
 
 
 @task(
@@ -47,37 +49,29 @@ def _logger():
 @task(name="log-to-mlflow", cache_policy=NO_CACHE, persist_result=False, retries=2,
       retry_delay_seconds=[2, 10])
 def log_result(result: RunResult, parent_run_id: str, tracking_uri: str,
-               tags: dict[str, str]) -> dict:
-    """Log one result as a child run; returns its summary row (run id, headline, version)."""
+               tags: dict[str, str]) -> SummaryRow:
+    """Log one result as a child run; returns its summary row (run id, headline, version).
+
+    `tags` are the pipeline's (`tracking.pipeline_tags(profile, pipeline_id)`).
+    """
     client = tracking.configure(tracking_uri)
     run_id, version = tracking.log_result(client, result, parent_run_id, extra_tags=tags)
-    decision = None
+    outcome = ""
     if version is not None:  # the new version challenges the champion (tasks/tracking/champion)
         decision = champion.challenge_result(
             client, result, run_id, tracking.registered_name(result), version,
-            profile=tags.get("rnnflow.profile"),
+            profile=tags.get(PROFILE_TAG),
         )
         _logger().info("%s v%s: %s", decision.model, version, decision.reason)
-    return {
-        "task": result.task,
-        "config": result.name,
-        "profile": tags.get("rnnflow.profile", ""),
-        "data_variant": result.tags.get("data_variant", ""),
-        "run_id": run_id,
-        "model_version": version,
-        "headline_metric": result.headline.metric,
-        "headline": result.headline_value,
-        "champion": ("promoted" if decision.promoted else "kept") if decision else "",
-        "seconds": round(result.seconds, 1),
-        "device": result.device,
-        **{k: v for k, v in result.metrics.items()},
-    }
+        outcome = decision.outcome
+    return SummaryRow.from_result(result, run_id, version, profile=tags.get(PROFILE_TAG, ""),
+                                  champion=outcome)
 
 
 @task(name="log-pipeline-summary", cache_policy=NO_CACHE, persist_result=False, retries=2,
       retry_delay_seconds=[2, 10])
-def log_pipeline_summary(rows: list[dict], pipeline_id: str, profile: str,
+def log_pipeline_summary(rows: list[SummaryRow], pipeline_id: str, profile: str,
                          tracking_uri: str | None) -> str:
     """One run in `rnnflow/pipeline` carrying the summary table of every task; returns its id."""
     client = tracking.configure(tracking_uri)
-    return compare.log_pipeline_summary(client, pipeline_id, profile, rows)
+    return tracking.log_pipeline_summary(client, pipeline_id, profile, rows)

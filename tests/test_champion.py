@@ -9,7 +9,18 @@ from rnn_core.models import build_model, config_dict
 from rnn_core.results import Headline, RunResult
 from tasks import tracking
 from tasks.experiments import log_result
-from tasks.tracking import champion, inference
+from tasks.tracking import champion, inference, names
+from tasks.tracking.names import (
+    CHALLENGER_VALUE_METRIC,
+    CHAMPION_ALIAS,
+    CHAMPION_DECISION_TAG,
+    CHAMPION_PREVIOUS_VERSION_TAG,
+    CHAMPION_REASON_TAG,
+    INCUMBENT_VALUE_METRIC,
+    KEPT,
+    PROMOTED,
+)
+from tasks.tracking.summaries import SummaryRow
 
 CONFIG = {"kind": "classifier", "num_classes": 4, "vocab_size": 50, "embedding_dim": 8,
           "hidden_size": 6, "cell": "gru", "padding_idx": 0}
@@ -39,12 +50,12 @@ def _result(tmp_path, accuracy: float, seed: int, variant: str = "subset") -> Ru
     )
 
 
-def _retrain(store, tmp_path, accuracy, seed, variant="subset") -> dict:
+def _retrain(store, tmp_path, accuracy, seed, variant="subset") -> SummaryRow:
     """One retrain through the logging task, as the flow calls it."""
     uri, client = store
     parent = tracking.start_parent_run(client, "ag_news", "default", f"pipe-{seed}", {})
     row = log_result.fn(_result(tmp_path, accuracy, seed, variant), parent, uri,
-                        {"rnnflow.profile": "default", "rnnflow.pipeline_id": f"pipe-{seed}"})
+                        tracking.pipeline_tags("default", f"pipe-{seed}"))
     tracking.finish_parent_run(client, parent, rows=[row])
     return row
 
@@ -57,27 +68,27 @@ def test_worse_retrain_keeps_the_alias_better_one_moves_it(store, tmp_path):
         inference.load_champion("ag_news", "gru6", tracking_uri=uri)
 
     first = _retrain(store, tmp_path, accuracy=0.70, seed=1)
-    assert first["champion"] == "promoted"
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert first.champion == PROMOTED
+    assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == "1"
 
     worse = _retrain(store, tmp_path, accuracy=0.65, seed=2)
-    assert worse["model_version"] == "2" and worse["champion"] == "kept"
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
-    run = client.get_run(worse["run_id"])  # the decision and both figures are on the run
-    assert run.data.tags["rnnflow.champion.decision"] == "kept"
-    assert run.data.tags["rnnflow.champion.previous_version"] == "1"
-    assert run.data.metrics["champion.challenger_value"] == pytest.approx(0.65)
-    assert run.data.metrics["champion.incumbent_value"] == pytest.approx(0.70)
-    assert "does not beat" in run.data.tags["rnnflow.champion.reason"]
-    assert client.get_model_version(name, "2").tags["rnnflow.champion.decision"] == "kept"
+    assert worse.model_version == "2" and worse.champion == KEPT
+    assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == "1"
+    run = client.get_run(worse.run_id)  # the decision and both figures are on the run
+    assert run.data.tags[CHAMPION_DECISION_TAG] == KEPT
+    assert run.data.tags[CHAMPION_PREVIOUS_VERSION_TAG] == "1"
+    assert run.data.metrics[CHALLENGER_VALUE_METRIC] == pytest.approx(0.65)
+    assert run.data.metrics[INCUMBENT_VALUE_METRIC] == pytest.approx(0.70)
+    assert "does not beat" in run.data.tags[CHAMPION_REASON_TAG]
+    assert client.get_model_version(name, "2").tags[CHAMPION_DECISION_TAG] == KEPT
 
     tie = _retrain(store, tmp_path, accuracy=0.70, seed=3)  # equal is not better
-    assert tie["champion"] == "kept"
+    assert tie.champion == KEPT
 
     better = _retrain(store, tmp_path, accuracy=0.80, seed=4)
-    assert better["model_version"] == "4" and better["champion"] == "promoted"
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "4"
-    assert client.get_run(better["run_id"]).data.metrics["champion.incumbent_value"] == (
+    assert better.model_version == "4" and better.champion == PROMOTED
+    assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == "4"
+    assert client.get_run(better.run_id).data.metrics[INCUMBENT_VALUE_METRIC] == (
         pytest.approx(0.70))
 
     # Inference loads the champion (version 4), not the latest nor the first version.
@@ -93,16 +104,16 @@ def test_worse_retrain_keeps_the_alias_better_one_moves_it(store, tmp_path):
 
     # A better figure on another data variant is not comparable: the alias stays.
     other = _retrain(store, tmp_path, accuracy=0.95, seed=5, variant="full")
-    assert other["champion"] == "kept"
-    assert "not comparable" in client.get_run(other["run_id"]).data.tags[
-        "rnnflow.champion.reason"]
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "4"
+    assert other.champion == KEPT
+    assert "not comparable" in client.get_run(other.run_id).data.tags[
+        CHAMPION_REASON_TAG]
+    assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == "4"
 
     # ...until someone moves it by hand (e.g. the full split is the one that counts now).
-    champion.promote_by_hand(client, name, other["model_version"], "full split from now on")
-    assert str(client.get_model_version_by_alias(name, "champion").version) == other["model_version"]
-    assert client.get_model_version(name, other["model_version"]).tags[
-        "rnnflow.champion.reason"] == "full split from now on"
+    champion.promote_by_hand(client, name, other.model_version, "full split from now on")
+    assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == other.model_version
+    assert client.get_model_version(name, other.model_version).tags[
+        CHAMPION_REASON_TAG] == "full split from now on"
 
 
 def test_lower_is_better_for_min_headlines_and_nan_never_wins():
@@ -111,7 +122,7 @@ def test_lower_is_better_for_min_headlines_and_nan_never_wins():
     class _Run:  # the two fields `decide` reads from the champion's MLflow run
         def __init__(self, value, scope="s"):
             self.data = type("D", (), {"metrics": {"test_mse_h1": value},
-                                       "tags": {champion.SCOPE_TAG: scope}})()
+                                       "tags": {names.EVAL_SCOPE_TAG: scope}})()
 
     assert champion.decide(headline, 0.5, "s", _Run(0.6))[0] is True
     assert champion.decide(headline, 0.7, "s", _Run(0.6))[0] is False

@@ -16,7 +16,7 @@ from rnn_core.models import build_model, config_dict
 from rnn_core.results import Headline, RunResult
 from tasks import tracking
 from tasks.experiments import log_result
-from tasks.tracking import compare
+from tasks.tracking import compare, names
 
 pytestmark = pytest.mark.slow  # one SQLite store per module: ~8 s of MLflow migrations
 
@@ -56,7 +56,7 @@ def store(tmp_path_factory):
     for task, configs in plan:
         parent = tracking.start_parent_run(client, task, "smoke", "pipe-A", {})
         rows = [log_result.fn(_result(tmp, task, name, metrics, headline), parent, uri,
-                              {"rnnflow.profile": "smoke", "rnnflow.pipeline_id": "pipe-A"})
+                              tracking.pipeline_tags("smoke", "pipe-A"))
                 for name, metrics, headline in configs]
         tracking.finish_parent_run(client, parent, rows=rows)
         rows_by_task[task] = (parent, rows)
@@ -73,7 +73,7 @@ def test_compare_rows_match_the_parent_summary_table(store):
     for row in summary.to_dict("records"):
         mine = by_run.loc[row["run_id"]]
         for column in ("task", "config", "headline_metric", "profile", "data_variant",
-                       "champion", "device"):
+                       "champion", "model_version", "device"):
             assert str(mine[column]) == str(row[column]), column
         for column in ("headline", "test_accuracy", "majority_accuracy", "seconds"):
             assert mine[column] == pytest.approx(row[column]), column
@@ -115,9 +115,11 @@ def test_compare_command_prints_the_table(store):
 def test_pipeline_summary_run_holds_every_task(store):
     _, client, rows_by_task, _ = store
     rows = [r for _, task_rows in rows_by_task.values() for r in task_rows]
-    run_id = compare.log_pipeline_summary(client, "pipe-A", "smoke", rows)
+    run_id = tracking.log_pipeline_summary(client, "pipe-A", "smoke", rows)
     run = client.get_run(run_id)
-    assert run.data.tags["rnnflow.role"] == "pipeline" and run.info.status == "FINISHED"
+    assert run.data.tags[names.ROLE_TAG] == names.ROLE_PIPELINE and run.info.status == "FINISHED"
+    assert run.data.tags[names.TASKS_TAG] == "ag_news,metro_forecasting"
+    assert run.data.tags[names.PIPELINE_ID_TAG] == "pipe-A"
     table = pd.read_csv(client.download_artifacts(run_id, "summary.csv"))
     assert sorted(table["task"]) == ["ag_news", "ag_news", "metro_forecasting"]
     html = Path(client.download_artifacts(run_id, "summary.html")).read_text()
@@ -145,6 +147,6 @@ def test_finished_child_finds_what_an_earlier_attempt_logged(store):
     _, rows = rows_by_task["ag_news"]
     found = compare.finished_child(client, "ag_news", "pipe-A", "gru")
     assert found is not None and found.info.run_id == next(
-        r["run_id"] for r in rows if r["config"] == "gru")
+        r.run_id for r in rows if r.config == "gru")
     assert compare.finished_child(client, "ag_news", "pipe-B", "gru") is None
     assert compare.finished_child(client, "char_generation", "pipe-A", "gru") is None

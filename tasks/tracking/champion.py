@@ -23,10 +23,23 @@ from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 
 from rnn_core.results import Headline, RunResult
-
-ALIAS = "champion"
-SCOPE_TAG = "rnnflow.eval_scope"  # what the headline was measured on; must match to compare
-TAG_PREFIX = "rnnflow.champion."
+from tasks.tracking.names import (
+    CHALLENGER_VALUE_METRIC,
+    CHAMPION_ALIAS,
+    CHAMPION_DECISION_TAG,
+    CHAMPION_MODEL_TAG,
+    CHAMPION_PREVIOUS_VERSION_TAG,
+    CHAMPION_REASON_TAG,
+    CHAMPION_VERSION_TAG,
+    DATA_VARIANT_TAG,
+    EVAL_SCOPE_TAG,
+    INCUMBENT_VALUE_METRIC,
+    KEPT,
+    PROMOTED,
+    PROMOTED_BY_HAND,
+    RESULT_PROFILE_TAG,
+    TEST_SPLIT_TAG,
+)
 
 
 @dataclass
@@ -43,20 +56,25 @@ class Decision:
     champion: float | None = None  # the previous champion's value (None: there was none)
     champion_version: str | None = None  # the previous champion's version
 
+    @property
+    def outcome(self) -> str:
+        """The decision as tagged and as the summary tables show it: promoted or kept."""
+        return PROMOTED if self.promoted else KEPT
+
     def tags(self) -> dict[str, str]:
         return {
-            TAG_PREFIX + "decision": "promoted" if self.promoted else "kept",
-            TAG_PREFIX + "reason": self.reason,
-            TAG_PREFIX + "model": self.model,
-            TAG_PREFIX + "version": self.version,
-            TAG_PREFIX + "previous_version": self.champion_version or "",
+            CHAMPION_DECISION_TAG: self.outcome,
+            CHAMPION_REASON_TAG: self.reason,
+            CHAMPION_MODEL_TAG: self.model,
+            CHAMPION_VERSION_TAG: self.version,
+            CHAMPION_PREVIOUS_VERSION_TAG: self.champion_version or "",
         }
 
     def metrics(self) -> dict[str, float]:
         """Both figures, under names that say which is which."""
-        out = {"champion.challenger_value": self.challenger}
+        out = {CHALLENGER_VALUE_METRIC: self.challenger}
         if self.champion is not None:
-            out["champion.incumbent_value"] = self.champion
+            out[INCUMBENT_VALUE_METRIC] = self.champion
         return out
 
 
@@ -68,13 +86,13 @@ def eval_scope(result: RunResult, profile: str | None = None) -> str:
     the profile (profiles slice data differently, so runs of different profiles never compete).
     """
     test_facts = {k: v for k, v in sorted(result.dataset.items()) if str(k).startswith("test")}
-    if "test_split" in result.tags:
-        split = result.tags["test_split"]
+    if TEST_SPLIT_TAG in result.tags:
+        split = result.tags[TEST_SPLIT_TAG]
     elif test_facts:
         split = json.dumps(test_facts, sort_keys=True, default=str)
     else:
-        split = f"profile:{profile or result.tags.get('profile', 'unknown')}"
-    variant = result.tags.get("data_variant", result.dataset.get("variant", "unknown"))
+        split = f"profile:{profile or result.tags.get(RESULT_PROFILE_TAG, 'unknown')}"
+    variant = result.tags.get(DATA_VARIANT_TAG, result.dataset.get("variant", "unknown"))
     digest = hashlib.sha1(split.encode("utf-8")).hexdigest()[:12]
     return f"{result.headline.metric}|{variant}|{digest}"
 
@@ -82,7 +100,7 @@ def eval_scope(result: RunResult, profile: str | None = None) -> str:
 def _current_champion(client: MlflowClient, model: str):
     """The version holding the alias, or None (no alias yet)."""
     try:
-        return client.get_model_version_by_alias(model, ALIAS)
+        return client.get_model_version_by_alias(model, CHAMPION_ALIAS)
     except MlflowException as err:
         if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
@@ -95,7 +113,7 @@ def decide(
     """(promote?, reason, incumbent value) for a challenger against the champion's run (or None)."""
     if incumbent_run is None:
         return True, "first version with a headline: becomes champion", None
-    old_scope = incumbent_run.data.tags.get(SCOPE_TAG)
+    old_scope = incumbent_run.data.tags.get(EVAL_SCOPE_TAG)
     old = incumbent_run.data.metrics.get(headline.metric)
     if old is None or old_scope is None:
         return True, f"champion run lacks a logged {headline.metric}: replaced", None
@@ -133,12 +151,12 @@ def challenge(
         champion_version=str(current.version) if current is not None else None,
     )
     if promote:
-        client.set_registered_model_alias(model, ALIAS, str(version))
+        client.set_registered_model_alias(model, CHAMPION_ALIAS, str(version))
     now = int(time.time() * 1000)
     client.log_batch(
         run_id,
         metrics=[Metric(k, float(v), now, 0) for k, v in decision.metrics().items()],
-        tags=[RunTag(k, v) for k, v in {**decision.tags(), SCOPE_TAG: scope}.items()],
+        tags=[RunTag(k, v) for k, v in {**decision.tags(), EVAL_SCOPE_TAG: scope}.items()],
     )
     for key, val in decision.tags().items():
         client.set_model_version_tag(model, str(version), key, val)
@@ -159,7 +177,7 @@ def promote_by_hand(client: MlflowClient, model: str, version: str, reason: str)
     another test split, so no challenger can ever be compared with it); the reason is kept on the
     version."""
     client.get_model_version(model, str(version))  # a clear error for an unknown version
-    client.set_registered_model_alias(model, ALIAS, str(version))
-    tags = {TAG_PREFIX + "decision": "promoted by hand", TAG_PREFIX + "reason": reason}
+    client.set_registered_model_alias(model, CHAMPION_ALIAS, str(version))
+    tags = {CHAMPION_DECISION_TAG: PROMOTED_BY_HAND, CHAMPION_REASON_TAG: reason}
     for key, val in tags.items():
         client.set_model_version_tag(model, str(version), key, val)

@@ -1,29 +1,39 @@
-"""Comparisons read back from the store: the latest child runs, champions, pipeline summaries.
+"""Comparisons read back from the store: the latest child runs, champions, earlier attempts.
 
 `rnnflow compare` prints `recent_runs_table` — the same columns as the summary table a parent run
 carries (`tasks.tracking.summary_table`), one row per child run, newest first. Every column comes
 from what the child run logged: tags (task, config, profile, data variant, device, headline),
-its final metrics (named in the `rnnflow.final_metrics` tag) and the champion decision.
+its final metrics (named in the `rnnflow.final_metrics` tag) and the champion decision; see
+`SummaryRow.from_run`.
 """
 
 from __future__ import annotations
 
-import time
-
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from tasks.tracking import EXPERIMENT_PREFIX, experiment_id, finish_parent_run, summary_table
-from tasks.tracking.champion import ALIAS, TAG_PREFIX
+from tasks.tracking.models import champion_uri
+from tasks.tracking.names import (
+    CHAMPION_ALIAS,
+    CONFIG_TAG,
+    DATA_VARIANT_TAG,
+    EXPERIMENT_PREFIX,
+    HEADLINE_METRIC_TAG,
+    MODEL_PREFIX,
+    PIPELINE_ID_TAG,
+    PROFILE_TAG,
+    ROLE_CHILD,
+    ROLE_TAG,
+    TASK_TAG,
+)
+from tasks.tracking.store import rnnflow_experiment_ids, status_is, tag_is
+from tasks.tracking.summaries import SummaryRow, summary_table
 
-FINAL_METRICS_TAG = "rnnflow.final_metrics"  # comma-separated names of RunResult.metrics
-PIPELINE_EXPERIMENT = "pipeline"  # rnnflow/pipeline: one run per pipeline run, all tasks
+# Also reached through this module by the flows and the end-to-end tests.
+__all__ = ["champions_table", "finished_child", "recent_child_runs", "recent_runs_table",
+           "rnnflow_experiment_ids", "run_row", "summary_table"]
 
-
-def rnnflow_experiment_ids(client: MlflowClient) -> list[str]:
-    """Ids of every `rnnflow/<task>` experiment in the store."""
-    found = client.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")
-    return [e.experiment_id for e in found]
+_FINISHED_CHILD = f"{tag_is(ROLE_TAG, ROLE_CHILD)} and {status_is('FINISHED')}"
 
 
 def recent_child_runs(
@@ -34,11 +44,10 @@ def recent_child_runs(
     ids = rnnflow_experiment_ids(client)
     if not ids:
         return []
-    clauses = ["tags.`rnnflow.role` = 'child'", "attributes.status = 'FINISHED'"]
-    for tag, value in (("rnnflow.task", task), ("rnnflow.profile", profile),
-                       ("rnnflow.pipeline_id", pipeline_id)):
+    clauses = [_FINISHED_CHILD]
+    for tag, value in ((TASK_TAG, task), (PROFILE_TAG, profile), (PIPELINE_ID_TAG, pipeline_id)):
         if value:
-            clauses.append(f"tags.`{tag}` = '{_quote(value)}'")
+            clauses.append(tag_is(tag, value))
     return client.search_runs(
         ids, " and ".join(clauses), order_by=["attributes.start_time DESC"], max_results=last
     )
@@ -52,40 +61,17 @@ def finished_child(client: MlflowClient, task: str, pipeline_id: str, config: st
         return None
     found = client.search_runs(
         [experiment.experiment_id],
-        f"tags.`rnnflow.role` = 'child' and attributes.status = 'FINISHED' and "
-        f"tags.`rnnflow.pipeline_id` = '{_quote(pipeline_id)}' and "
-        f"tags.`rnnflow.config` = '{_quote(config)}'",
+        f"{_FINISHED_CHILD} and {tag_is(PIPELINE_ID_TAG, pipeline_id)} and "
+        f"{tag_is(CONFIG_TAG, config)}",
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     return found[0] if found else None
 
 
-def _quote(value: str) -> str:
-    return value.replace("'", "''")
-
-
-def run_row(run: Run) -> dict:
-    """One summary row from a logged child run (the keys `tasks.experiments.log_result` returns)."""
-    tags, metrics = run.data.tags, run.data.metrics
-    names = [n for n in tags.get(FINAL_METRICS_TAG, "").split(",") if n]
-    if not names:  # logged before the tag existed: every metric but the bookkeeping ones
-        names = [n for n in metrics if not n.startswith("champion.") and n != "train_seconds"]
-    headline = tags.get("rnnflow.headline_metric", "")
-    return {
-        "task": tags.get("rnnflow.task", ""),
-        "config": tags.get("rnnflow.config", run.info.run_name),
-        "profile": tags.get("rnnflow.profile", ""),
-        "data_variant": tags.get("data_variant", ""),
-        "headline_metric": headline,
-        "headline": metrics.get(headline, float("nan")),
-        "champion": tags.get(TAG_PREFIX + "decision", ""),
-        "model_version": tags.get(TAG_PREFIX + "version", ""),
-        "seconds": round(metrics.get("train_seconds", float("nan")), 1),
-        "device": tags.get("rnnflow.device", ""),
-        "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000)),
-        "run_id": run.info.run_id,
-        **{n: metrics[n] for n in names if n in metrics},
-    }
+def run_row(run: Run) -> SummaryRow:
+    """One summary row from a logged child run (the row `tasks.experiments.log_result` returns
+    when it logged that run, plus when it started)."""
+    return SummaryRow.from_run(run)
 
 
 def recent_runs_table(client: MlflowClient, last: int = 10, **filters):
@@ -98,34 +84,19 @@ def champions_table(client: MlflowClient):
     import pandas as pd
 
     rows = []
-    for model in client.search_registered_models(filter_string="name LIKE 'rnnflow-%'"):
-        version = model.aliases.get(ALIAS) if isinstance(model.aliases, dict) else None
+    for model in client.search_registered_models(filter_string=f"name LIKE '{MODEL_PREFIX}%'"):
+        version = model.aliases.get(CHAMPION_ALIAS) if isinstance(model.aliases, dict) else None
         if version is None:
             rows.append({"model": model.name, "champion_version": "", "headline_metric": ""})
             continue
         mv = client.get_model_version(model.name, version)
         run = client.get_run(mv.run_id)
-        metric = run.data.tags.get("rnnflow.headline_metric", "")
+        metric = run.data.tags.get(HEADLINE_METRIC_TAG, "")
         rows.append({
             "model": model.name, "champion_version": str(version), "headline_metric": metric,
             "headline": run.data.metrics.get(metric, float("nan")),
-            "profile": run.data.tags.get("rnnflow.profile", ""),
-            "data_variant": run.data.tags.get("data_variant", ""),
-            "uri": f"models:/{model.name}@{ALIAS}", "run_id": mv.run_id,
+            "profile": run.data.tags.get(PROFILE_TAG, ""),
+            "data_variant": run.data.tags.get(DATA_VARIANT_TAG, ""),
+            "uri": champion_uri(model.name), "run_id": mv.run_id,
         })
     return pd.DataFrame(rows)
-
-
-def log_pipeline_summary(
-    client: MlflowClient, pipeline_id: str, profile: str, rows: list[dict]
-) -> str:
-    """One run in `rnnflow/pipeline` per pipeline run, carrying the table across all tasks."""
-    run = client.create_run(
-        experiment_id(client, PIPELINE_EXPERIMENT),
-        run_name=f"pipeline-{profile}-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={"rnnflow.role": "pipeline", "rnnflow.profile": profile,
-              "rnnflow.pipeline_id": pipeline_id,
-              "rnnflow.tasks": ",".join(sorted({r.get("task", "") for r in rows}))},
-    )
-    finish_parent_run(client, run.info.run_id, rows=rows)
-    return run.info.run_id

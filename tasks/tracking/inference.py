@@ -12,19 +12,11 @@ from __future__ import annotations
 import mlflow.pyfunc
 import numpy as np
 
-from tasks.tracking import configure
-from tasks.tracking.champion import ALIAS
+from tasks.tracking.models import champion_uri, model_name
+from tasks.tracking.names import CHAMPION_ALIAS
+from tasks.tracking.store import configure
 
-
-def model_name(task_or_name: str, config: str | None = None) -> str:
-    """`rnnflow-<task>-<config>` from a task and config, or a registered name as given."""
-    if config is None:
-        return task_or_name
-    return f"rnnflow-{task_or_name}-{config}".replace("_", "-")
-
-
-def champion_uri(name: str) -> str:
-    return f"models:/{name}@{ALIAS}"
+__all__ = ["champion_uri", "load_champion", "model_name", "predict"]
 
 
 def load_champion(task_or_name: str, config: str | None = None,
@@ -33,7 +25,7 @@ def load_champion(task_or_name: str, config: str | None = None,
     client = configure(tracking_uri)
     name = model_name(task_or_name, config)
     try:
-        client.get_model_version_by_alias(name, ALIAS)
+        client.get_model_version_by_alias(name, CHAMPION_ALIAS)
     except mlflow.exceptions.MlflowException as err:
         known = sorted(m.name for m in client.search_registered_models())
         raise LookupError(
