@@ -132,7 +132,10 @@ def rerun_unless_intact(step: Task, out_dir: str | Path) -> Task:
     problem = outputs_problem(out_dir)
     if problem is None:
         return step
-    _log().warning("%s runs again instead of using its cache: %s", step.name, problem)
+    # Loud only when something that was prepared has changed; a fresh folder is just a first run.
+    earlier = Path(out_dir).is_dir() and any(Path(out_dir).iterdir())
+    _log().log(logging.WARNING if earlier else logging.INFO,
+               "%s runs again instead of using its cache: %s", step.name, problem)
     return step.with_options(refresh_cache=True)
 
 
