@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from flows.settings import DATA_DIR, WORK_DIR
+
 app = typer.Typer(
     help="rnnflow: recurrent-network experiments as a Prefect + MLflow batch workflow.",
     no_args_is_help=True,
@@ -76,10 +78,10 @@ def prepare(
 def run(
     profile: str = typer.Option("default", help="smoke, default, full, or a path to a .toml"),
     only: list[str] = typer.Option(  # noqa: B008  (typer's way to declare an option)
-        None, help="run only these experiments (repeatable)"
+        None, help="run only these experiments (repeatable); only their datasets are prepared"
     ),
-    data_dir: str = typer.Option("data", help="raw downloads and processed Parquet"),
-    work_dir: str = typer.Option("checkpoints", help="checkpoints, per pipeline run"),
+    data_dir: str = typer.Option(DATA_DIR, help="raw downloads and processed Parquet"),
+    work_dir: str = typer.Option(WORK_DIR, help="checkpoints, per pipeline run"),
     tracking_uri: str = typer.Option(None, help="MLflow store (default: mlruns/mlflow.db)"),
 ):
     """Prepare the data, then train and evaluate every experiment of a profile."""
@@ -88,6 +90,14 @@ def run(
 
     from rich.console import Console
     from rich.table import Table
+
+    from flows.profiles import ProfileError, load_profile
+
+    try:  # the whole profile, before Prefect starts or any data is touched
+        load_profile(profile, only=only or None)
+    except ProfileError as err:
+        typer.echo(f"rnnflow run: {err}", err=True)
+        raise typer.Exit(2) from None
 
     from flows.pipeline import pipeline
 
@@ -101,8 +111,8 @@ def run(
         table.add_column(column)
     for name, rows in results.items():
         for row in rows:
-            table.add_row(name, row["config"], row["headline_metric"], f"{row['headline']:.4g}",
-                          f"{row['seconds']:.0f}", row["device"])
+            table.add_row(name, row.config, row.headline_metric, f"{row.headline:.4g}",
+                          f"{row.seconds:.0f}", row.device)
     console = Console(width=None if sys.stdout.isatty() else 120)  # logs: no truncated cells
     console.print(table)
     console.print(f"Done in {time.perf_counter() - started:.0f} s. Open the results with "

@@ -1,57 +1,62 @@
-"""One Prefect flow per experiment. Each trains the configurations its config plans, logs each
-as a child run under one parent run in the experiment's MLflow experiment, and returns the
-summary rows. A config left empty comes from the named profile.
+"""One Prefect flow per registered experiment, all made by `experiment_flow(name)`.
+
+Each trains the configurations its config plans, logs each as a child run under one parent run
+in the experiment's MLflow experiment, and returns the summary rows. A config left empty comes
+from the named profile; manifests left empty come from `prepare_data` for just the datasets the
+experiment needs (cached, so a deployment run alone costs a few seconds of data checks).
+
+The built-in experiments' flows are module attributes (`flows.experiments.ag_news`), which is
+what prefect.yaml's entrypoints name; an experiment registered later (a test, a plugin) gets
+its flow from `experiment_flow(name)`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from prefect import flow
+from prefect import Flow, flow
 from prefect.runtime import flow_run
 
-from flows.profiles import experiment_config, load_profile
+from flows.prepare import prepare_data
+from flows.profiles import load_profile
+from flows.settings import DATA_DIR, WORK_DIR
 from rnn_core import experiments
-from rnn_core.experiments import (
-    ag_news as ag_news_exp,
-)
-from rnn_core.experiments import (
-    char_generation as char_exp,
-)
-from rnn_core.experiments import (
-    metro_classification as metro_cls_exp,
-)
-from rnn_core.experiments import (
-    metro_forecasting as metro_fc_exp,
-)
-from rnn_core.experiments import (
-    vanishing_gradients as vanishing_exp,
-)
 from tasks import tracking
-from tasks.experiments import log_result, train_configuration
+from tasks.tracking import SummaryRow
+from tasks.experiments import log_result
 from tasks.tracking.compare import finished_child, run_row
+from tasks.training import train_configuration
 
 
-def run_tracked(name: str, config, profile: str, data_dir: str, work_dir: str,
-                tracking_uri: str | None, pipeline_id: str | None) -> list[dict]:
+def run_tracked(name: str, config: Any, profile: str, manifests: dict[str, dict] | None,
+                data_dir: str, work_dir: str, tracking_uri: str | None,
+                pipeline_id: str | None) -> list[SummaryRow]:
     """Train every planned configuration of experiment `name` and log it to MLflow."""
+    exp = experiments.get(name)
     if config is None:
-        config = experiment_config(load_profile(profile), name)
+        config = load_profile(profile, only=[name]).config(name)
+    if manifests is None:
+        manifests = prepare_data(datasets=exp.needs(config), data_dir=data_dir)
     pipeline_id = pipeline_id or str(flow_run.id or "local")
     client = tracking.configure(tracking_uri)
     # Stable across retries of the same flow run, so a crashed training resumes from here.
     run_dir = Path(work_dir) / pipeline_id / name
     parent = tracking.start_parent_run(client, name, profile, pipeline_id, {"config": config})
-    tags = {"rnnflow.profile": profile, "rnnflow.pipeline_id": pipeline_id}
-    rows = []
+    tags = tracking.pipeline_tags(profile, pipeline_id)
+    rows, results = [], []
     try:
-        for config_name in experiments.get(name).plan(config):
+        for config_name in exp.plan(config):
             logged = finished_child(client, name, pipeline_id, config_name)
             if logged is not None:  # an earlier attempt of this flow run finished and logged it
                 rows.append(run_row(logged))
                 continue
-            result = train_configuration(name, config, config_name, data_dir, str(run_dir))
+            result = train_configuration(name, config, config_name, manifests, str(run_dir))
+            results.append(result)
             rows.append(log_result(result, parent, client.tracking_uri, tags))
+        if results:
+            report = exp.summarise(config, results, run_dir / "summary")
+            tracking.log_report(client, parent, report.figures, report.texts)
     except BaseException:
         tracking.finish_parent_run(client, parent, status="FAILED")
         raise
@@ -59,66 +64,37 @@ def run_tracked(name: str, config, profile: str, data_dir: str, work_dir: str,
     return rows
 
 
+_FLOWS: dict[str, Flow] = {}
 
 
-@flow(name="metro-classification")
-def metro_classification(
-    config: metro_cls_exp.Config | None = None, profile: str = "default", data_dir: str = "data",
-    work_dir: str = "checkpoints", tracking_uri: str | None = None,
-    pipeline_id: str | None = None,
-) -> list[dict]:
-    """Which station is it? Many-to-one on windows of flows; error against test length."""
-    return run_tracked("metro_classification", config, profile, data_dir, work_dir,
-                       tracking_uri, pipeline_id)
+def experiment_flow(name: str) -> Flow:
+    """The Prefect flow of experiment `name` (made once, then reused)."""
+    if name in _FLOWS:
+        return _FLOWS[name]
+    exp = experiments.get(name)
+
+    def run_experiment(config=None, profile: str = "default",
+                       manifests: dict[str, dict] | None = None, data_dir: str = DATA_DIR,
+                       work_dir: str = WORK_DIR, tracking_uri: str | None = None,
+                       pipeline_id: str | None = None) -> list[SummaryRow]:
+        return run_tracked(name, config, profile, manifests, data_dir, work_dir, tracking_uri,
+                           pipeline_id)
+
+    # Prefect builds the flow's parameter schema (UI form, validation) from these annotations.
+    run_experiment.__annotations__ = {
+        "config": exp.Config | None, "profile": str, "manifests": dict[str, dict] | None,
+        "data_dir": str, "work_dir": str, "tracking_uri": str | None,
+        "pipeline_id": str | None, "return": list[SummaryRow]}
+    run_experiment.__name__ = run_experiment.__qualname__ = name
+    run_experiment.__module__ = __name__
+    run_experiment.__doc__ = exp.title
+    slug = name.replace("_", "-")
+    _FLOWS[name] = flow(name=slug, description=exp.title,
+                        flow_run_name=f"{slug}-{{profile}}")(run_experiment)
+    return _FLOWS[name]
 
 
-@flow(name="metro-forecasting")
-def metro_forecasting(
-    config: metro_fc_exp.Config | None = None, profile: str = "default", data_dir: str = "data",
-    work_dir: str = "checkpoints", tracking_uri: str | None = None,
-    pipeline_id: str | None = None,
-) -> list[dict]:
-    """Many-to-many forecast of t+1..t+H against persistence and time-of-day baselines."""
-    return run_tracked("metro_forecasting", config, profile, data_dir, work_dir,
-                       tracking_uri, pipeline_id)
-
-
-@flow(name="char-generation")
-def char_generation(
-    config: char_exp.Config | None = None, profile: str = "default", data_dir: str = "data",
-    work_dir: str = "checkpoints", tracking_uri: str | None = None,
-    pipeline_id: str | None = None,
-) -> list[dict]:
-    """Character language models on Trump and Molière: bits per char and generated text."""
-    return run_tracked("char_generation", config, profile, data_dir, work_dir,
-                       tracking_uri, pipeline_id)
-
-
-@flow(name="ag-news")
-def ag_news(
-    config: ag_news_exp.Config | None = None, profile: str = "default", data_dir: str = "data",
-    work_dir: str = "checkpoints", tracking_uri: str | None = None,
-    pipeline_id: str | None = None,
-) -> list[dict]:
-    """AG News topic classification: SimpleRNN, masking, LSTM, two-layer BiLSTM."""
-    return run_tracked("ag_news", config, profile, data_dir, work_dir, tracking_uri, pipeline_id)
-
-
-@flow(name="vanishing-gradients")
-def vanishing_gradients(
-    config: vanishing_exp.Config | None = None, profile: str = "default", data_dir: str = "data",
-    work_dir: str = "checkpoints", tracking_uri: str | None = None,
-    pipeline_id: str | None = None,
-) -> list[dict]:
-    """Gradient norm against distance from the loss for tanh RNN, LSTM and GRU."""
-    return run_tracked("vanishing_gradients", config, profile, data_dir, work_dir,
-                       tracking_uri, pipeline_id)
-
-
-FLOWS = {
-    "metro_classification": metro_classification,
-    "metro_forecasting": metro_forecasting,
-    "char_generation": char_generation,
-    "ag_news": ag_news,
-    "vanishing_gradients": vanishing_gradients,
-}
+# The built-in experiments' flows as module attributes, for prefect.yaml's entrypoints.
+for _name in experiments.names():
+    globals()[_name] = experiment_flow(_name)
+FLOWS = {name: experiment_flow(name) for name in experiments.names()}

@@ -1,33 +1,48 @@
-"""The whole job: prepare the data, then run every experiment of a profile, tracked in MLflow."""
+"""The whole job: validate the profile, prepare the data the chosen experiments need, then run
+each experiment on the prepared manifests, tracked in MLflow."""
 
 from __future__ import annotations
 
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.experiments import FLOWS
-from flows.prepare import prepare_data
-from flows.profiles import experiment_config, load_profile
+from flows.experiments import experiment_flow
+from flows.prepare import ALL_DATASETS, prepare_data
+from flows.profiles import load_profile
+from flows.settings import DATA_DIR, WORK_DIR
+from rnn_core import experiments
 from tasks.experiments import log_pipeline_summary
+from tasks.tracking import SummaryRow
 
 
-@flow(name="rnnflow-pipeline")
+def datasets_needed(names: list[str], configs: dict) -> list[str]:
+    """The datasets the experiments `names` read under `configs`, in preparation order."""
+    needed = {d for name in names for d in experiments.get(name).needs(configs[name])}
+    return [d for d in ALL_DATASETS if d in needed] + sorted(needed - set(ALL_DATASETS))
+
+
+@flow(name="rnnflow-pipeline", flow_run_name="pipeline-{profile}")
 def pipeline(
     profile: str = "default",
-    data_dir: str = "data",
-    work_dir: str = "checkpoints",
+    data_dir: str = DATA_DIR,
+    work_dir: str = WORK_DIR,
     tracking_uri: str | None = None,
     only: list[str] | None = None,
-) -> dict[str, list[dict]]:
+) -> dict[str, list[SummaryRow]]:
     """Prepare data, then train and evaluate each experiment of `profile` (or only those named)."""
-    chosen = load_profile(profile)
-    prepare_data(data_dir=data_dir, **chosen.data)
+    chosen = load_profile(profile, only=only)  # the whole profile is checked before any work
+    names = list(only or chosen.experiments)
+    configs = {name: chosen.config(name) for name in names}
+    manifests = prepare_data(datasets=datasets_needed(names, configs), data_dir=data_dir,
+                             **chosen.data)
     pipeline_id = str(flow_run.id or "local")
     results = {}
-    for name in only or chosen.experiments:
-        results[name] = FLOWS[name](
-            config=experiment_config(chosen, name),
+    for name in names:
+        needs = experiments.get(name).needs(configs[name])
+        results[name] = experiment_flow(name)(
+            config=configs[name],
             profile=chosen.name,
+            manifests={d: manifests[d] for d in needs},
             data_dir=data_dir,
             work_dir=work_dir,
             tracking_uri=tracking_uri,

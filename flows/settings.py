@@ -33,3 +33,8 @@ def apply_defaults(project_dir: Path | None = None) -> dict[str, str]:
 
 
 apply_defaults()
+
+# Where a run keeps its files, relative to the working directory (the project root when served
+# from there): every flow parameter and CLI option defaults to these.
+DATA_DIR = "data"  # raw/ downloads and processed/ Parquet with their manifests
+WORK_DIR = "checkpoints"  # checkpoints/<flow run id>/<experiment>/<configuration>/

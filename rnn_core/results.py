@@ -1,7 +1,7 @@
 """What an experiment hands back: everything the tracker logs, nothing tracker-specific.
 
 Experiments in `rnn_core.experiments` return one `RunResult` per configuration they train. The
-MLflow module (`tasks/tracking.py`) turns it into a child run; tests read it directly.
+MLflow package (`tasks/tracking/`) turns it into a child run; tests read it directly.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class RunResult:
     checkpoint: Path | None = None  # file holding {"model_state": ..., "config": ...}
     device: str = "cpu"
     seconds: float = 0.0
+    diagnostic: bool = False  # a study's measurement, not a model score: never gates a champion
 
     @property
     def headline_value(self) -> float:

@@ -157,4 +157,5 @@ def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetMa
         checkpoint=checkpoint if checkpoint.exists() else run_dir / LAST,
         device=str(resolve_device(tc.device)),
         seconds=time.perf_counter() - started,
+        diagnostic=exp.diagnostic,
     )
