@@ -25,11 +25,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+from rnn_core.cells import CELLS as REGISTERED
 from rnn_core.layers import Recurrent
 
 # (batch, length, input_size, hidden_size): the course's reference shape, then a larger one.
 SHAPES = [(64, 50, 64, 128), (128, 100, 128, 256)]
-CELLS = ["rnn", "lstm", "gru"]
+# Every registered cell with a fused torch.nn equivalent to compare against, in registration
+# order (rnn, lstm, gru).
+CELLS = [name for name, cell in REGISTERED.items() if cell.fused is not None]
 
 
 def machine_info(device: torch.device, threads: int) -> dict:

@@ -13,6 +13,9 @@
     state    h_n: (layers * dirs) x B x hidden_size, or (h_n, c_n) for LSTM; with lengths,
              each sequence's state at its own last real step (both directions)
 
+`cell` is any name registered in `rnn_core.cells` (`cell_names()`); the fused backend needs the
+cell's `fused` torch.nn class (a clear error otherwise). Neither backend switches on the name.
+
 Parameter names follow torch.nn: weight_ih_l{k}[_reverse], weight_hh_l{k}[_reverse], bias_ih_...,
 bias_hh_...; gate order LSTM (i, f, g, o), GRU (r, z, n).
 """
@@ -21,14 +24,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-CellKind = Literal["rnn", "lstm", "gru"]
-Backend = Literal["scratch", "fused"]
+from rnn_core.cells import State, cell_names, get_cell
+from rnn_core.stacked import ScratchRecurrent
 
-State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+Backend = Literal["scratch", "fused"]
+BACKENDS: tuple[str, ...] = ("scratch", "fused")  # what `backend=` accepts (configs validate it)
+
+__all__ = ["BACKENDS", "Backend", "FusedRecurrent", "Recurrent", "ScratchRecurrent", "State"]
 
 
 class _PackedMixin:
@@ -48,20 +53,20 @@ class _PackedMixin:
         return out, state
 
 
-class FusedRNN(_PackedMixin, nn.RNN):
-    pass
+_PACKED: dict[type[nn.Module], type[nn.Module]] = {}
 
 
-class FusedLSTM(_PackedMixin, nn.LSTM):
-    pass
-
-
-class FusedGRU(_PackedMixin, nn.GRU):
-    pass
+def packed_class(fused: type[nn.Module]) -> type[nn.Module]:
+    """`fused` (nn.RNN, nn.LSTM, ...) with `lengths` masking: FusedRNN, FusedLSTM, ... (one class
+    per torch.nn class, made on first use so a cell's `fused` needs no wrapper written here)."""
+    if fused not in _PACKED:
+        name = f"Fused{fused.__name__}"
+        _PACKED[fused] = type(name, (_PackedMixin, fused), {"__module__": __name__})
+    return _PACKED[fused]
 
 
 def FusedRecurrent(
-    cell: CellKind,
+    cell: str,
     input_size: int,
     hidden_size: int,
     num_layers: int = 1,
@@ -69,27 +74,28 @@ def FusedRecurrent(
     nonlinearity: str = "tanh",
     dropout: float = 0.0,
 ) -> nn.Module:
-    """`torch.nn.RNN/LSTM/GRU` (cuDNN on GPU) behind the `Recurrent` contract."""
-    common = {
-        "input_size": input_size,
-        "hidden_size": hidden_size,
-        "num_layers": num_layers,
-        "bidirectional": bidirectional,
-        "dropout": dropout,
-    }
-    if cell == "rnn":
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"the fused RNN supports tanh or relu, not {nonlinearity!r}")
-        return FusedRNN(nonlinearity=nonlinearity, **common)
-    if cell == "lstm":
-        return FusedLSTM(**common)
-    if cell == "gru":
-        return FusedGRU(**common)
-    raise ValueError(f"unknown cell {cell!r}: expected rnn, lstm or gru")
+    """The cell's torch.nn equivalent (cuDNN on GPU) behind the `Recurrent` contract."""
+    cell_type = get_cell(cell)
+    if cell_type.fused is None:
+        with_fused = ", ".join(n for n in cell_names() if get_cell(n).fused is not None)
+        raise ValueError(
+            f"the {cell} cell has no fused torch.nn equivalent: use backend='scratch' "
+            f"(cells with one: {with_fused})"
+        )
+    cell_type.check_nonlinearity(nonlinearity)
+    options = {} if cell_type.nonlinearities is None else {"nonlinearity": nonlinearity}
+    return packed_class(cell_type.fused)(
+        input_size=input_size,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        dropout=dropout,
+        **options,
+    )
 
 
 def Recurrent(
-    cell: CellKind,
+    cell: str,
     input_size: int,
     hidden_size: int,
     num_layers: int = 1,
@@ -98,15 +104,15 @@ def Recurrent(
     nonlinearity: str = "tanh",
     dropout: float = 0.0,
 ) -> nn.Module:
-    """Build a recurrent layer stack with the given backend (see the module docstring)."""
+    """Build a recurrent layer stack with the given backend (see the module docstring).
+
+    cell: a registered name (`rnn_core.cells.cell_names()`: rnn, lstm, gru and any plug-in)."""
     if backend == "fused":
         return FusedRecurrent(
             cell, input_size, hidden_size, num_layers, bidirectional, nonlinearity, dropout
         )
     if backend == "scratch":
-        from rnn_core.stacked import ScratchRecurrent
-
         return ScratchRecurrent(
             cell, input_size, hidden_size, num_layers, bidirectional, nonlinearity, dropout
         )
-    raise ValueError(f"unknown backend {backend!r}: expected 'scratch' or 'fused'")
+    raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")

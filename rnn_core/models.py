@@ -13,8 +13,9 @@ All tensors are time-major. `Batch(x, y, lengths)`:
     forecaster    L x B x (F + covariates)   L x B x H x F     L x B x H x F (H = horizon)
     char_lm       L x B ids                  L x B ids         L x B x V logits
 
-`state` is the recurrent state: h_n ((layers * dirs) x B x hidden), (h_n, c_n) for LSTM, or B x
-hidden for the Mikolov RNN; passing it back in continues the sequences (truncated BPTT).
+`state` is the recurrent state: h_n ((layers * dirs) x B x hidden), a tuple with h_n first for
+tuple-state cells ((h_n, c_n) for LSTM), or B x hidden for the Mikolov RNN; passing it back in
+continues the sequences (truncated BPTT). Any cell registered in `rnn_core.cells` can be used.
 """
 
 from __future__ import annotations
@@ -56,11 +57,11 @@ class Batch(NamedTuple):
 class RecurrentConfig:
     """The recurrent stack shared by every model (see rnn_core.layers.Recurrent)."""
 
-    cell: str = "lstm"  # rnn | lstm | gru
+    cell: str = "lstm"  # a registered cell: rnn_core.cells.cell_names() (rnn, lstm, gru, ...)
     hidden_size: int = 128  # units per layer and direction
     num_layers: int = 1  # stacked layers
     backend: str = "fused"  # fused (torch.nn / cuDNN) | scratch (rnn_core.stacked, per-step loop)
-    nonlinearity: str = "tanh"  # for cell="rnn" only
+    nonlinearity: str = "tanh"  # for cells with a choice (the cell's `nonlinearities`: rnn)
     dropout: float = 0.0  # between stacked layers
 
 

@@ -1,20 +1,25 @@
 """The scratch backend of `rnn_core.layers.Recurrent`: stacked, bidirectional, masked recurrences
-built from the hand-written steps in `rnn_core.cells`.
+of any registered cell (`rnn_core.cells.CELLS`), run by the cell's own `recur` step.
 
 Same contract, parameter names, shapes and initialisation as the fused torch.nn backend (see
 `rnn_core.layers`), so a `state_dict` loads either way with strict=True:
 
     outputs, state = ScratchRecurrent("gru", 64, 128, num_layers=2, bidirectional=True)(
         x, h0=None, lengths=None)
-    x L x B x input_size -> outputs L x B x (dirs * H); state (layers * dirs) x B x H, or (h, c).
+    x L x B x input_size -> outputs L x B x (dirs * H); state (layers * dirs) x B x H, or a tuple
+    of those for tuple-state cells (LSTM: (h_n, c_n)).
+
+Nothing here depends on which cell runs: gates, parameter shapes, state structure, bias folding
+and the step come from the cell class, so a new cell needs no change in this file.
 
 How it stays fast: per layer and direction, the input's part of every gate is one matmul over all
-L x B steps (with bias_hh folded in where the formula allows), split per step with `unbind`; the
-loop then does one addmm and a few element-wise ops per step.
+L x B steps (with bias_hh folded in where the cell allows), split per step with `unbind`; the
+loop (`rnn_core.cells.scan`) then calls the cell's step once per step.
 
-How masking works: a padded step keeps the previous state (`torch.where`). Running the reverse
-direction from position L-1 therefore carries h0 unchanged until each sequence's own last real
-step, which is exactly "start the reverse pass at length-1". Outputs at padded steps are zeroed.
+How masking works: a padded step keeps the previous state (`torch.where` on every state tensor).
+Running the reverse direction from position L-1 therefore carries h0 unchanged until each
+sequence's own last real step, which is exactly "start the reverse pass at length-1". Outputs at
+padded steps are zeroed.
 """
 
 from __future__ import annotations
@@ -25,42 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnn_core.cells import gru_recur, lstm_recur, rnn_recur
+from rnn_core.cells import get_cell
 
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
-
-
-def _run_direction(cell, xps, state, w_hh_t, b_hh, activation, masks, reverse):
-    """Run one direction of one layer over the projected inputs.
-
-    xps: L tensors B x G*H; state: B x H (LSTM: (h, c)); masks: None or L bool tensors B x 1.
-    Returns (L states B x H in time order, final state)."""
-    steps = range(len(xps) - 1, -1, -1) if reverse else range(len(xps))
-    hs: list[torch.Tensor | None] = [None] * len(xps)
-    if cell == "lstm":
-        h, c = state
-        for t in steps:
-            h_new, c_new = lstm_recur(xps[t], (h, c), w_hh_t)
-            if masks is None:
-                h, c = h_new, c_new
-            else:
-                h, c = torch.where(masks[t], h_new, h), torch.where(masks[t], c_new, c)
-            hs[t] = h
-        return hs, (h, c)
-    h = state
-    for t in steps:
-        if cell == "gru":
-            h_new = gru_recur(xps[t], h, w_hh_t, b_hh)
-        else:
-            h_new = rnn_recur(xps[t], h, w_hh_t, None, activation)
-        h = h_new if masks is None else torch.where(masks[t], h_new, h)
-        hs[t] = h
-    return hs, h
+PARAMETERS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch.nn's names, in its order
 
 
 class ScratchRecurrent(nn.Module):
-    """Hand-written equivalent of torch.nn.RNN / LSTM / GRU (time-major) with `lengths` masking."""
+    """Hand-written equivalent of torch.nn.RNN / LSTM / GRU (time-major) with `lengths` masking,
+    for every registered cell."""
 
     def __init__(
         self,
@@ -73,28 +50,23 @@ class ScratchRecurrent(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if cell not in GATES:
-            raise ValueError(f"unknown cell {cell!r}: expected rnn, lstm or gru")
-        if cell == "rnn" and nonlinearity not in NONLINEARITIES:
-            raise ValueError(f"the RNN supports tanh or relu, not {nonlinearity!r}")
+        cell_type = get_cell(cell)  # unknown names fail here, listing the registered cells
+        cell_type.check_nonlinearity(nonlinearity)
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be in [0, 1], got {dropout}")
         if input_size < 1 or hidden_size < 1 or num_layers < 1:
             raise ValueError("input_size, hidden_size and num_layers must be positive")
-        self.cell, self.input_size, self.hidden_size = cell, input_size, hidden_size
+        self.cell, self.cell_type = cell, cell_type
+        self.input_size, self.hidden_size = input_size, hidden_size
         self.num_layers, self.bidirectional = num_layers, bidirectional
         self.nonlinearity, self.dropout = nonlinearity, float(dropout)
         self.num_directions = 2 if bidirectional else 1
-        rows = GATES[cell] * hidden_size
         # Registered in torch.nn's order and under its names: layer, direction, then ih/hh w/b.
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else hidden_size * self.num_directions
-            shapes = {
-                "weight_ih": (rows, layer_input),
-                "weight_hh": (rows, hidden_size),
-                "bias_ih": (rows,),
-                "bias_hh": (rows,),
-            }
+            shapes = cell_type.parameter_shapes(layer_input, hidden_size)
+            if tuple(shapes) != PARAMETERS:
+                raise TypeError(f"{cell_type.__qualname__}.parameter_shapes must name {PARAMETERS}")
             for suffix in self._suffixes(layer):
                 for name, shape in shapes.items():
                     self.register_parameter(name + suffix, nn.Parameter(torch.empty(shape)))
@@ -112,27 +84,22 @@ class ScratchRecurrent(nn.Module):
         s = f"{self.cell}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
         if self.bidirectional:
             s += ", bidirectional=True"
-        if self.cell == "rnn":
+        if self.cell_type.nonlinearities is not None:
             s += f", nonlinearity={self.nonlinearity!r}"
         return s + (f", dropout={self.dropout}" if self.dropout else "")
 
     # --- inputs -------------------------------------------------------------------------------
 
     def _initial_states(self, h0, batch: int, like: torch.Tensor) -> list:
-        """h0 (layers*dirs) x B x H (LSTM: (h0, c0)) or None -> one B x H state per layer-dir."""
+        """h0: (layers*dirs) x B x H, or a tuple of those (LSTM: (h0, c0)), or None -> one state
+        per layer-direction, each B x H (or a tuple of B x H)."""
+        cell = self.cell_type
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
-        if h0 is None:
-            zeros = like.new_zeros(shape)
-            h0 = (zeros, zeros) if self.cell == "lstm" else zeros
-        parts = h0 if self.cell == "lstm" else (h0,)
-        if self.cell == "lstm" and not (isinstance(h0, tuple | list) and len(h0) == 2):
-            raise ValueError("an LSTM's h0 must be a tuple (h0, c0)")
+        parts = cell.state_parts(cell.zero_state(shape, like) if h0 is None else h0, "h0")
         for part in parts:
             if tuple(part.shape) != shape:
                 raise ValueError(f"h0 must have shape {shape}, got {tuple(part.shape)}")
-        if self.cell == "lstm":
-            return list(zip(h0[0].unbind(0), h0[1].unbind(0), strict=True))
-        return list(h0.unbind(0))
+        return [cell.join_state(p) for p in zip(*(part.unbind(0) for part in parts), strict=True)]
 
     def _masks(self, lengths, length: int, batch: int, device):
         """-> (steps to run, per-step B x 1 bool masks or None, L' x B x 1 output mask or None)."""
@@ -158,34 +125,27 @@ class ScratchRecurrent(nn.Module):
             raise ValueError(
                 f"x must be L x B x {self.input_size} (time-major), got {tuple(x.shape)}"
             )
+        cell = self.cell_type
         length, batch = x.shape[0], x.shape[1]
         states = self._initial_states(h0, batch, x)
         steps, masks, out_mask = self._masks(lengths, length, batch, x.device)
-        activation = NONLINEARITIES.get(self.nonlinearity, torch.tanh)
+        step = cell.step(self.nonlinearity)  # options bound once per call, not per step
         layer_input = x[:steps]
         finals = []
         for layer in range(self.num_layers):
             outputs = []
             for direction, suffix in enumerate(self._suffixes(layer)):
-                w_ih, w_hh, b_ih, b_hh = (
-                    getattr(self, f"{name}{suffix}")
-                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-                )
-                # b_hh adds straight onto the projected input except inside the GRU's r * (...).
-                bias = b_ih if self.cell == "gru" else b_ih + b_hh
-                xp = F.linear(layer_input, w_ih, bias)  # L' x B x G*H, one matmul for all steps
-                hs, final = _run_direction(
-                    self.cell,
-                    xp.unbind(0),
+                params = [getattr(self, name + suffix) for name in PARAMETERS]
+                hs, final = cell.run_sequence(
+                    step,
+                    layer_input,
                     states[layer * self.num_directions + direction],
-                    w_hh.t(),
-                    b_hh,
-                    activation,
-                    masks,
+                    *params,
+                    masks=masks,
                     reverse=direction == 1,
                 )
                 outputs.append(torch.stack(hs))  # L' x B x H
-                finals.append(final)
+                finals.append(cell.state_parts(final))
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
@@ -193,6 +153,5 @@ class ScratchRecurrent(nn.Module):
         out = layer_input if out_mask is None else layer_input * out_mask
         if steps < length:
             out = F.pad(out, (0, 0, 0, 0, 0, length - steps))
-        if self.cell == "lstm":
-            return out, (torch.stack([h for h, _ in finals]), torch.stack([c for _, c in finals]))
-        return out, torch.stack(finals)
+        # finals: (layers*dirs) tuples of B x H parts -> each part stacked to (layers*dirs) x B x H
+        return out, cell.join_state([torch.stack(p) for p in zip(*finals, strict=True)])

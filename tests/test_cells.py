@@ -5,7 +5,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnn_core.cells import RNN, GRUCell, LSTMCell, MikolovRNN, RNNCell
+from rnn_core.cells import (
+    RNN,
+    Cell,
+    GRUCell,
+    LSTMCell,
+    MikolovRNN,
+    RNNCell,
+    cell_names,
+    get_cell,
+    register_cell,
+)
 
 B, D, H, L = 3, 4, 5, 6
 
@@ -152,3 +162,46 @@ def test_mikolov_is_the_paper_formula():
 def test_mikolov_rejects_float_input():
     with pytest.raises(TypeError, match="int64"):
         MikolovRNN(5, H).one_step(torch.zeros(B), torch.zeros(B, H))
+
+
+# --- the registry's built-in cells --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, cls, fused",
+    [("rnn", RNNCell, nn.RNN), ("lstm", LSTMCell, nn.LSTM), ("gru", GRUCell, nn.GRU)],
+)
+def test_builtin_cells_are_registered_with_their_torch_nn_layer(name, cls, fused):
+    assert get_cell(name) is cls and cls.name == name and cls.fused is fused
+    # The cell's parameters are one layer-direction of its fused layer: same names and shapes.
+    layer = fused(D, H)
+    cell = cls(D, H)
+    assert {k + "_l0": v.shape for k, v in cell.state_dict().items()} == {
+        k: v.shape for k, v in layer.state_dict().items()
+    }
+    assert len(cls.state_names) == (2 if name == "lstm" else 1)  # LSTM: (h, c), h first
+
+
+def test_cell_sequence_is_one_step_repeated_for_tuple_states():
+    """`sequence` (one projection + the shared loop) == `one_step` per step, (h, c) as a list too."""
+    cell = LSTMCell(D, H).double()
+    x = torch.randn(L, B, D, dtype=torch.float64)
+    state = [torch.randn(B, H, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64)]
+    hs, final = cell.sequence(x, state)
+    step_state, expected = tuple(state), []
+    for x_t in x:
+        step_state = cell.one_step(x_t, step_state)
+        expected.append(step_state[0])
+    torch.testing.assert_close(torch.stack(hs), torch.stack(expected))
+    torch.testing.assert_close(final, step_state)
+    zero_h, zero_c = cell.initial_state(B, x)
+    assert zero_h.shape == zero_c.shape == (B, H) and not zero_h.any()
+
+
+def test_register_cell_needs_a_step():
+    class NoStep(Cell):
+        pass
+
+    with pytest.raises(TypeError, match="defines no step"):
+        register_cell("nostep")(NoStep)
+    assert "nostep" not in cell_names()
