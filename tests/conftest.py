@@ -98,3 +98,16 @@ def local_stack(tmp_path_factory):
                        prefect_home=str(root / ".prefect-server"), log_dir=root / "logs",
                        backend_store_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}") as (pf, ml):
         yield SimpleNamespace(prefect=pf, mlflow=ml, root=root)
+
+
+@pytest.fixture(scope="session")
+def manifests(prepared_data):
+    """`manifests("metro", "trump")` -> {dataset: DatasetManifest} of prepared folders, as
+    prepare_data hands them to the experiments."""
+    from rnn_core.datasets.manifest import DatasetManifest
+
+    def read(*datasets: str):
+        root = prepared_data(*datasets)
+        return {name: DatasetManifest.read(root / "processed" / name) for name in datasets}
+
+    return read

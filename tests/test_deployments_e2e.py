@@ -71,10 +71,10 @@ def test_smoke_pipeline_through_served_deployments(local_stack, mirror_dir, tmp_
     for run in runs:
         by_role.setdefault(run.data.tags["rnnflow.role"], []).append(run)
     parents = {r.data.tags["rnnflow.task"]: r for r in by_role["parent"]}
-    assert set(parents) == set(experiments.NAMES)
+    assert set(parents) == set(experiments.names())
     assert all(p.info.status == "FINISHED" for p in parents.values())
     children = by_role["child"]
-    assert {c.data.tags["rnnflow.task"] for c in children} == set(experiments.NAMES)
+    assert {c.data.tags["rnnflow.task"] for c in children} == set(experiments.names())
     for child in children:
         tags = child.data.tags
         assert child.info.status == "FINISHED"

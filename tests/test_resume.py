@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,29 +20,25 @@ import torch
 from prefect import flow
 
 from rnn_core import experiments
-from rnn_core.models import Batch, build_model, config_dict
-from rnn_core.results import Headline, RunResult
-from rnn_core.training import TrainConfig, evaluate, train
+from rnn_core.config import knob
+from rnn_core.experiments.protocol import Batches, Experiment, Splits
+from rnn_core.experiments.runner import run_configuration
+from rnn_core.models import Batch, build_model
+from rnn_core.results import Headline
+from rnn_core.training import TrainConfig, evaluate
 
 STANDIN = "resume_standin"  # test-only experiment name; never part of the package
 LENGTH = 60  # time steps per sequence
 
 
-# --- a tiny stand-in experiment with the package's contract (test-only) -------------------------
+# --- a tiny stand-in experiment with the package's shape (test-only) ----------------------------
 @dataclass
 class Config:
-    epochs: int = 6
     hidden_size: int = 48
     train_size: int = 3072
     test_size: int = 512
-    seed: int = 0
-
-
-HEADLINE = Headline("test_accuracy", "max")
-
-
-def plan(config: Config) -> list[str]:
-    return ["gru"]
+    log_dir: str | None = None  # where each epoch's start is logged as '<pid> <epoch>'
+    train: TrainConfig = knob(TrainConfig(epochs=6, lr=1e-2))
 
 
 def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,54 +53,51 @@ def _batches(x, y, seed: int, size: int = 64) -> list[Batch]:
     return [Batch(x[:, idx], y[idx]) for idx in order.split(size)]
 
 
-class _EpochLog:
-    """Appends '<pid> <epoch>' per finished epoch: which process ran which epochs."""
+class Standin(Experiment):
+    """Sign of a noisy sequence's last quarter (a resume test's stand-in)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    name = STANDIN
+    Config = Config
+    headline = Headline("test_accuracy", "max")
 
-    def on_epoch_end(self, epoch, metrics):
-        with self.path.open("a") as fh:
-            fh.write(f"{os.getpid()} {epoch}\n")
+    def plan(self, config):
+        return ["gru"]
 
+    def data(self, config, name, manifests):
+        torch.set_num_threads(1)  # same arithmetic in every process: results comparable
+        seed = config.train.seed
+        return Splits(_data(config.train_size, seed), _data(256, seed + 2),
+                      _data(config.test_size, seed + 1), {"variant": "synthetic"})
 
-def run_one(config: Config, name: str, data_dir: Path, work_dir: Path, callbacks=None):
-    torch.set_num_threads(1)  # same arithmetic in every process: results comparable
-    folder = Path(work_dir) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pid").write_text(str(os.getpid()))  # the process the test kills
-    x, y = _data(config.train_size, config.seed)
-    tx, ty = _data(config.test_size, config.seed + 1)
-    torch.manual_seed(config.seed)  # the initial weights too, not only the training draws
-    model = build_model({"kind": "classifier", "num_classes": 2, "input_size": 1,
-                         "cell": "gru", "hidden_size": config.hidden_size})
-    given = [callbacks] if callbacks is not None else []
-    out = train(model, batches=lambda epoch: _batches(x, y, epoch),
-                config=TrainConfig(epochs=config.epochs, lr=1e-2, seed=config.seed),
-                callbacks=[*given, _EpochLog(folder / "epochs.log")], checkpoint_dir=folder)
-    scores = evaluate(model, _batches(tx, ty, 0))
-    return RunResult(
-        task=STANDIN, name=name, params={"config": config.__dict__},
-        metrics={"test_accuracy": scores["accuracy"], "test_loss": scores["loss"],
-                 "resumed_from_epoch": float(out.resumed_from)},
-        headline=HEADLINE, history=out.history, tags={"model": "gru", "data_variant": "synthetic"},
-        dataset={"test_rows": config.test_size}, model_config=config_dict(model),
-        checkpoint=Path(out.checkpoint), seconds=1.0,
-    )
+    def model(self, config, name, data):
+        return build_model({"kind": "classifier", "num_classes": 2, "input_size": 1,
+                            "cell": "gru", "hidden_size": config.hidden_size})
 
+    def batches(self, config, name, data):
+        log = Path(config.log_dir) if config.log_dir else None
 
-STANDIN_MODULE = types.SimpleNamespace(Config=Config, HEADLINE=HEADLINE, plan=plan,
-                                       run_one=run_one)
+        def train(epoch: int):
+            if log is not None:  # which process started which epoch; the pid the test kills
+                log.mkdir(parents=True, exist_ok=True)
+                (log / "pid").write_text(str(os.getpid()))
+                with (log / "epochs.log").open("a") as fh:
+                    fh.write(f"{os.getpid()} {epoch}\n")
+            return _batches(*data.train, epoch)
+
+        return Batches(train, _batches(*data.val, 0))
+
+    def score(self, config, name, model, data):
+        scores = evaluate(model, _batches(*data.test, 0))
+        return {"test_accuracy": scores["accuracy"], "test_loss": scores["loss"]}
 
 
 @flow(name="resume-standin")
-def standin_flow(work_dir: str, epochs: int = 6, pipeline_id: str | None = None) -> list[dict]:
+def standin_flow(work_dir: str, log_dir: str, pipeline_id: str | None = None) -> list:
     """The real tracked-experiment recipe (flows.experiments.run_tracked) on the stand-in."""
     from flows.experiments import run_tracked
 
-    original = experiments.get
-    experiments.get = lambda name: STANDIN_MODULE if name == STANDIN else original(name)
-    return run_tracked(STANDIN, Config(epochs=epochs), "resume-test", "unused", work_dir,
+    experiments.register(Standin())
+    return run_tracked(STANDIN, Config(log_dir=log_dir), "resume-test", {}, "unused", work_dir,
                        None, pipeline_id)
 
 
@@ -147,11 +139,14 @@ def test_killed_training_resumes_when_the_flow_run_is_retried(local_stack, tmp_p
     try:
         wait_for(lambda: deployment_or_none(api, "resume-standin/resume"), 120,
                  "the stand-in deployment", server, log)
+        log_dir = tmp_path / "epochs"
         started = prefect_cli(["deployment", "run", "resume-standin/resume",
-                               "-p", f"work_dir={work_dir}"], env, timeout=120)
+                               "-p", f"work_dir={work_dir}", "-p", f"log_dir={log_dir}"],
+                              env, timeout=120)
         assert started.returncode == 0, started.stdout + started.stderr
         run_id = UUID_RE.search(started.stdout).group(1)
         folder = work_dir / run_id / STANDIN / "gru"  # keyed by the flow run id
+        epochs_log = log_dir / "epochs.log"
 
         # -- kill the flow run's process once a checkpoint of epoch >= 2 exists -----------------
         def checkpointed_epoch():
@@ -161,10 +156,10 @@ def test_killed_training_resumes_when_the_flow_run_is_retried(local_stack, tmp_p
                 return False
 
         wait_for(checkpointed_epoch, 240, "a checkpoint after two epochs", server, log, 0.1)
-        os.kill(int((folder / "pid").read_text()), signal.SIGKILL)
+        os.kill(int((log_dir / "pid").read_text()), signal.SIGKILL)
         wait_for(lambda: flow_run_state(api, run_id) == "CRASHED", 60, "the run to crash",
                  server, log)
-        first = [line.split() for line in (folder / "epochs.log").read_text().splitlines()]
+        first = [line.split() for line in epochs_log.read_text().splitlines()]
         assert len(first) < 6, "the kill came too late to interrupt training"
 
         # -- retry the same flow run; the runner picks it up again ------------------------------
@@ -173,7 +168,7 @@ def test_killed_training_resumes_when_the_flow_run_is_retried(local_stack, tmp_p
         wait_for(lambda: flow_run_state(api, run_id) in ("COMPLETED", "FAILED", "CRASHED"),
                  300, "the retried run to finish", server, log)
         assert flow_run_state(api, run_id) == "COMPLETED", log.read_text()[-3000:]
-        trained = (folder / "epochs.log").read_text()
+        trained = epochs_log.read_text()
 
         # -- retrying a completed run neither trains nor logs the finished configuration again --
         again = prefect_cli(["flow-run", "retry", run_id], env, timeout=120)
@@ -181,11 +176,11 @@ def test_killed_training_resumes_when_the_flow_run_is_retried(local_stack, tmp_p
         completed_at = _state(api, run_id).timestamp
         wait_for(lambda: (s := _state(api, run_id)).is_completed() and s.timestamp > completed_at,
                  300, "the second retry to finish", server, log)
-        assert (folder / "epochs.log").read_text() == trained
+        assert epochs_log.read_text() == trained
     finally:
         stop_group(server)
 
-    lines = [line.split() for line in (folder / "epochs.log").read_text().splitlines()]
+    lines = [line.split() for line in epochs_log.read_text().splitlines()]
     first_pid = first[0][0]
     second = [int(epoch) for pid, epoch in lines if pid != first_pid]
     resumed_at = second[0]
@@ -195,7 +190,8 @@ def test_killed_training_resumes_when_the_flow_run_is_retried(local_stack, tmp_p
     print(f"first attempt ran epochs {[int(e) for _, e in first]}, killed; retry ran {second}")
 
     # -- the logged result equals an uninterrupted run's -----------------------------------------
-    reference = run_one(Config(), "gru", tmp_path, tmp_path / "reference")
+    reference = run_configuration(Standin(), Config(), "gru", {}, tmp_path / "reference")
+    assert reference.metrics["resumed_from_epoch"] == 0
     client = mlflow_client(local_stack)
     experiment = client.get_experiment_by_name(f"rnnflow/{STANDIN}")
     children = client.search_runs(

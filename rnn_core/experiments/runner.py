@@ -135,6 +135,7 @@ def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetMa
     metrics = {k: float(v) for k, v in scores.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     metrics["chosen_epoch"] = float(chosen)
+    metrics["resumed_from_epoch"] = float(trained.resumed_from)  # 0 = trained from scratch
     for key, value in history[chosen].items():
         if key.startswith("val_"):
             metrics.setdefault(key, float(value))  # the validation figures of the chosen epoch
