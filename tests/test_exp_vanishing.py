@@ -1,5 +1,6 @@
-"""vanishing_gradients on the smoke profile: one study, stable metric names, the figures, the
-float64 gradient norms against the library's, and the registered LSTM checkpoint."""
+"""vanishing_gradients on the protocol: one configuration per model, stable metric names, the
+init measurement on the runner's own initial weights, float64 norms against the library's,
+the per-model report and the cross-model summary, the checkpoint, profiles and bad values."""
 
 import dataclasses
 import math
@@ -8,26 +9,69 @@ import numpy as np
 import pytest
 import torch
 
-from flows.profiles import experiment_config, load_profile
+from flows.profiles import ProfileError, build_config, load_profile, resolve
 from rnn_core.checkpoints import load_checkpoint
+from rnn_core.config import ConfigError, check
 from rnn_core.experiments import vanishing_gradients as vg
+from rnn_core.experiments.protocol import SealedSplitError
+from rnn_core.experiments.runner import run_configuration
 from rnn_core.gradients import hidden_gradient_norms
 from rnn_core.models import Batch, build_model
 
+EXP = vg.EXPERIMENT
+METRICS = {
+    "grad_norm_ratio_d50", "init_grad_norm_ratio_d50", "vanish_distance",
+    "init_vanish_distance", "test_nats_per_char",
+    "chosen_epoch", "val_loss", "val_nats", "val_bits_per_char", "val_perplexity",  # runner's
+}
+
 
 def smoke_config(**changes) -> vg.Config:
-    config = experiment_config(load_profile("smoke"), "vanishing_gradients")
+    config = load_profile("smoke", only=["vanishing_gradients"]).config("vanishing_gradients")
     return dataclasses.replace(config, **changes)
 
 
-def test_plan_is_one_study_and_checks_its_inputs():
-    assert vg.plan(vg.Config()) == ["rnn-lstm-gru"]
-    with pytest.raises(ValueError, match="unknown model"):
-        vg.plan(vg.Config(models=["rnn", "lstm", "mamba"]))
-    with pytest.raises(ValueError, match="needs the lstm"):
-        vg.plan(vg.Config(models=["rnn", "gru"]))
-    with pytest.raises(ValueError, match="seq_len"):
-        vg.plan(vg.Config(seq_len=40))
+def test_plan_is_one_configuration_per_model_and_checks_its_inputs():
+    assert EXP.plan(vg.Config()) == ["rnn", "lstm", "gru"]
+    assert EXP.plan(vg.Config(models=["gru"])) == ["gru"]  # no model is required any more
+    assert EXP.needs(vg.Config(corpus="moliere")) == ["moliere"]
+    assert EXP.diagnostic and EXP.headline.metric == "grad_norm_ratio_d50"
+    with pytest.raises(ValueError, match="twice"):
+        EXP.plan(vg.Config(models=["rnn", "rnn"]))
+    with pytest.raises(ValueError, match="stateful"):
+        EXP.plan(vg.Config(train=dataclasses.replace(vg.Config().train, stateful=False)))
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"models": ["rnn", "mamba"]}, "models"),
+    ({"seq_len": 40}, "seq_len"),  # must exceed the distance 50 of the metrics
+    ({"corpus": "shakespeare"}, "corpus"),
+    ({"threshold": 0.0}, "threshold"),
+    ({"model": vg.CharModel(hidden_size=0)}, "model.hidden_size"),
+])
+def test_bad_values_name_their_key(change, key):
+    with pytest.raises(ConfigError, match=rf"^{key} = "):
+        check(vg.Config(**change))
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"train": {"epochs": 0}}, r"train\.epochs = 0"),
+    ({"hidden_size": 16}, "unknown key hidden_size"),  # the old flat key: now [.model]
+    ({"models": []}, "must not be empty"),
+])
+def test_profile_rejects_bad_tables(values, message):
+    with pytest.raises(ProfileError, match=message):
+        build_config(resolve("smoke"), "vanishing_gradients", values)
+
+
+def test_profile_tables_plan_the_expected_configurations():
+    for profile, hidden, epochs in (("smoke", 16, 1), ("default", 128, 2), ("full", 256, 5)):
+        config = load_profile(profile, only=["vanishing_gradients"]).config("vanishing_gradients")
+        assert EXP.plan(config) == ["rnn", "lstm", "gru"]
+        assert (config.model.hidden_size, config.train.epochs) == (hidden, epochs)
+        assert config.train.stateful
+    assert load_profile("default", only=["vanishing_gradients"]).config(
+        "vanishing_gradients") == vg.Config()
 
 
 def test_vanish_distance_is_the_first_step_below_threshold_or_censored():
@@ -36,10 +80,17 @@ def test_vanish_distance_is_the_first_step_below_threshold_or_censored():
     assert vg.vanish_distance(ratios[:3], 1e-3) == 3  # never below: censored at the length
 
 
+def test_norms_csv_round_trips():
+    columns = {"init": np.array([1.0, 1e-30]), "trained": np.array([2.0, 3e-5])}
+    back = vg.read_norms_csv(vg.norms_csv(columns))
+    assert list(back) == ["init", "trained"]
+    assert np.allclose(back["init"], columns["init"], rtol=1e-6)
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_float64_norms_match_float32_and_keep_tiny_values(cell):
     torch.manual_seed(0)
-    model = build_model(vg.model_config(vg.Config(hidden_size=16), cell, vocab_size=10))
+    model = vg.char_lm(vg.CharModel(hidden_size=16), cell, vocab_size=10)
     x = torch.randint(0, 10, (120, 3))
     batch = Batch(x, torch.randint(0, 10, (120, 3)))
     f64 = hidden_gradient_norms(model, batch, float64=True)
@@ -51,52 +102,79 @@ def test_float64_norms_match_float32_and_keep_tiny_values(cell):
     assert (f64 > 0).all()  # no underflow to zero, however far back
 
 
-def test_run_one_smoke(prepared_data, tmp_path):
+class Spy(vg.VanishingGradients):
+    """Records the weights of every model the phases build (the runner's, then score's)."""
+
+    def __init__(self):
+        self.built = []
+
+    def model(self, config, name, data):
+        model = super().model(config, name, data)
+        self.built.append({k: v.clone() for k, v in model.state_dict().items()})
+        return model
+
+
+def test_run_smoke(manifests, tmp_path):
     config = smoke_config()
-    data_dir = prepared_data("trump")
-    (name,) = vg.plan(config)
-    result = vg.run_one(config, name, data_dir, tmp_path, callbacks=[])
-    expected = set()
-    for m in config.models:
-        expected |= {
-            f"grad_norm_ratio_d50_{m}",
-            f"init_grad_norm_ratio_d50_{m}",
-            f"vanish_distance_{m}",
-            f"init_vanish_distance_{m}",
-            f"test_nats_per_char_{m}",
-        }
-    assert set(result.metrics) == expected
-    assert all(math.isfinite(v) for v in result.metrics.values())
-    assert result.headline.metric in result.metrics and result.headline.goal == "max"
-    for m in config.models:
-        assert 0 < result.metrics[f"grad_norm_ratio_d50_{m}"]
-        assert 0 <= result.metrics[f"vanish_distance_{m}"] <= config.seq_len
-    assert len(result.history) == config.epochs
-    assert "test_nats_per_char_gru" in result.history[0]
-    assert set(result.figures) == {
-        "grad_norm_vs_distance",
-        "grad_norm_vs_distance_init",
-        "grad_norm_vs_distance_trained",
-    }
-    assert all(path.exists() for path in result.figures.values())
+    m = manifests("trump")
+    results = []
+    for name in EXP.plan(config):
+        spy = Spy()
+        result = run_configuration(spy, config, name, m, tmp_path, callbacks=[])
+        results.append(result)
+        # score rebuilt exactly the initial weights the runner trained from
+        assert len(spy.built) == 2
+        assert all(torch.equal(spy.built[0][k], spy.built[1][k]) for k in spy.built[0])
 
-    # The CSV holds the raw norms: one row per distance, the ratio at 50 is the metric's.
-    rows = result.texts["grad_norms.csv"].strip().splitlines()
-    header = rows[0].split(",")
-    assert len(rows) == config.seq_len + 1 and "lstm_trained" in header
-    col = header.index("lstm_trained")
+        assert set(result.metrics) == METRICS
+        assert all(math.isfinite(v) for v in result.metrics.values())
+        assert result.headline.metric in result.metrics and result.headline.goal == "max"
+        assert 0 < result.metrics["grad_norm_ratio_d50"]
+        assert 0 <= result.metrics["vanish_distance"] <= config.seq_len
+        assert len(result.history) == config.train.epochs
+        assert "val_nats" in result.history[0]
+        assert not any(k.startswith("test_") for row in result.history for k in row)
+        assert result.tags["model"] == name and result.tags["dataset"] == "trump"
+        assert result.params == dataclasses.asdict(config)
+        assert set(result.figures) == {"grad_norm_vs_distance"}
+        assert all(path.exists() for path in result.figures.values())
+
+        # The CSV holds the raw norms: one row per distance, its ratios are the metrics'.
+        rows = result.texts["grad_norms.csv"].strip().splitlines()
+        assert rows[0] == "distance,init,trained" and len(rows) == config.seq_len + 1
+        for col, prefix in ((1, "init_"), (2, "")):
+            d0, d50 = float(rows[1].split(",")[col]), float(rows[51].split(",")[col])
+            assert d50 / d0 == pytest.approx(result.metrics[f"{prefix}grad_norm_ratio_d50"],
+                                             rel=1e-5)
+
+        # The checkpoint is this model's; build_model + its state reproduce the measurement.
+        payload = load_checkpoint(result.checkpoint)
+        assert payload["config"] == result.model_config and payload["config"]["cell"] == name
+        rebuilt = build_model(payload["config"])
+        rebuilt.load_state_dict(payload["model_state"])
+        data = EXP.data(config, name, m)
+        with pytest.raises(SealedSplitError):
+            _ = data.test
+        with data.unsealed():
+            windows = vg.measure_windows(data.test, config)
+        _, ratios = vg.gradient_ratios(rebuilt, windows)
+        assert ratios[50] == pytest.approx(result.metrics["grad_norm_ratio_d50"], rel=1e-6)
+        spans = data.info["spans"]  # train | val | test, contiguous and disjoint
+        assert spans["train"][1] == spans["val"][0] and spans["val"][1] == spans["test"][0]
+        assert data.info["val_chars_scored"] == 2000 - 2000 % config.eval_streams \
+            - config.eval_streams
+
+    # The cross-model summary: every model's init and trained curves on one figure, per stage
+    # too, and the combined CSV (from the results' own CSVs, in the configured order).
+    report = EXP.summarise(config, results[::-1], tmp_path / "summary")
+    assert set(report.figures) == {"grad_norm_vs_distance", "grad_norm_vs_distance_init",
+                                   "grad_norm_vs_distance_trained"}
+    assert all(path.exists() for path in report.figures.values())
+    rows = report.texts["grad_norms.csv"].strip().splitlines()
+    assert rows[0] == ("distance,rnn_init,rnn_trained,lstm_init,lstm_trained,gru_init,"
+                       "gru_trained")
+    col = rows[0].split(",").index("lstm_trained")
+    lstm = next(r for r in results if r.name == "lstm")
     d0, d50 = float(rows[1].split(",")[col]), float(rows[51].split(",")[col])
-    assert d50 / d0 == pytest.approx(result.metrics["grad_norm_ratio_d50_lstm"], rel=1e-5)
-
-    # The registered model is the trained LSTM; build_model + its state reproduce the measurement.
-    payload = load_checkpoint(result.checkpoint)
-    assert payload["config"] == result.model_config and payload["config"]["cell"] == "lstm"
-    rebuilt = build_model(payload["config"])
-    rebuilt.load_state_dict(payload["model_state"])
-    from rnn_core.datasets.corpus import load_corpus
-    from rnn_core.experiments.text_streams import encode_ids
-
-    _, test_text, vocab = load_corpus(data_dir / "processed" / config.corpus)
-    windows = vg.measure_windows(encode_ids(test_text, vocab), config)
-    _, ratios = vg.gradient_ratios(rebuilt, windows)
-    assert ratios[50] == pytest.approx(result.metrics["grad_norm_ratio_d50_lstm"], rel=1e-6)
+    assert d50 / d0 == pytest.approx(lstm.metrics["grad_norm_ratio_d50"], rel=1e-5)
+    assert EXP.summarise(config, [], tmp_path / "none").figures == {}

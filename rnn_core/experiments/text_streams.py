@@ -1,4 +1,6 @@
-"""Character streams for truncated BPTT, shared by the character experiments.
+"""Character streams for truncated BPTT, and what both character experiments share
+(char_generation, vanishing_gradients): the corpus read from its manifest with a validation tail,
+and the character model's config block.
 
 A text becomes B parallel contiguous streams (T x B ids, stream b = the b-th slice of the text),
 cut into consecutive chunks of `bptt` steps. `training.train(..., TrainConfig(stateful=True))`
@@ -11,16 +13,97 @@ gradient is truncated at chunk boundaries.
 
 Stream b predicts streams[1:, b] from streams[:-1, b]: the targets `stream_targets_nats` scores a
 baseline on, so baselines and models are scored on exactly the same characters.
+
+The validation split (`load_corpus_ids`) is the TAIL of the prepared training text: the corpus
+is cut contiguously as train | val | test, in the corpus' own order, so the validation text comes
+right before the test split and no character position lies in two splits (a contiguous cut also
+keeps every speech or scene but the one it falls in on one side). The prepare step's 90/10
+train/test cut stays as it is; validation takes `val_fraction` of its 90 %.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from rnn_core.models import Batch
+from rnn_core.config import as_dict, knob
+from rnn_core.datasets.corpus import load_corpus
+from rnn_core.datasets.manifest import DatasetManifest
+from rnn_core.layers import BACKENDS
+from rnn_core.models import Batch, CharLMConfig, build_model, config_dict
+
+CORPORA = ("trump", "moliere")  # the prepared character corpora (rnn_core.datasets.corpus)
+
+
+@dataclass
+class CharModel:
+    """[<experiment>.model]: the character language model's stack; the configuration name gives
+    the cell (rnn, lstm, gru) or the Mikolov RNN."""
+
+    hidden_size: int = knob(256, min=1)  # units per layer (mikolov: its single sigmoid layer)
+    num_layers: int = knob(1, min=1)  # stacked layers (embedding models only)
+    embedding_dim: int = knob(32, min=1)  # character embedding (embedding models only)
+    dropout: float = knob(0.0, min=0, below=1)  # between stacked layers (num_layers > 1 only)
+    backend: str = knob("fused", choices=BACKENDS)  # fused (torch.nn / cuDNN) | scratch
+
+
+def char_lm(block: CharModel, model: str, vocab_size: int) -> nn.Module:
+    """The CharLanguageModel for `model` ("mikolov" or a cell name), built from the block."""
+    values = as_dict(block)
+    if model == "mikolov":  # one sigmoid layer over the one-hot input: no stack, no embedding
+        config = CharLMConfig(**values | {"num_layers": 1, "dropout": 0.0}, mode="mikolov",
+                              cell="rnn", nonlinearity="sigmoid", vocab_size=vocab_size)
+    else:
+        dropout = block.dropout if block.num_layers > 1 else 0.0
+        config = CharLMConfig(**values | {"dropout": dropout}, mode="embedding", cell=model,
+                              vocab_size=vocab_size)
+    return build_model(config_dict(config))
+
+
+@dataclass
+class CorpusIds:
+    """A prepared corpus as ids: train | val (the training text's tail) | test, contiguous."""
+
+    train: torch.Tensor  # N_train int64: the training part (val excluded)
+    val: torch.Tensor  # the last `val_fraction` of the prepared training text
+    test: torch.Tensor  # the prepared test split, whole
+    vocab: list[str]  # id -> character
+    spans: dict[str, tuple[int, int]]  # split -> [start, end) character offsets in the corpus
+
+    def info(self, manifest: DatasetManifest) -> dict:
+        """What a run records about the data (before any cap on scored characters)."""
+        summary = manifest.summary
+        return {
+            "dataset": manifest.dataset,
+            "variant": manifest.variant,
+            "source": summary.get("source"),
+            "clean_chars": summary.get("clean_chars"),
+            "vocab_size": len(self.vocab),
+            "train_chars": self.train.numel(),
+            "val_chars": self.val.numel(),
+            "test_chars": self.test.numel(),
+            "spans": {k: list(v) for k, v in self.spans.items()},
+            "files": {k: {"sha256": f.sha256} for k, f in manifest.files.items()},
+        }
+
+
+def load_corpus_ids(manifest: DatasetManifest, val_fraction: float) -> CorpusIds:
+    """The manifest's corpus as ids, the last `val_fraction` of its training text held out."""
+    train_text, test_text, vocab = load_corpus(Path(manifest.folder))
+    ids = encode_ids(train_text, vocab, str(manifest.path("train.parquet")))
+    test = encode_ids(test_text, vocab, str(manifest.path("test.parquet")))
+    cut = ids.numel() - round(val_fraction * ids.numel())
+    if not 0 < cut < ids.numel():
+        raise ValueError(f"{manifest.dataset}: val_fraction {val_fraction} leaves no training "
+                         f"or validation characters out of {ids.numel()}")
+    end = ids.numel() + test.numel()
+    spans = {"train": (0, cut), "val": (cut, ids.numel()), "test": (ids.numel(), end)}
+    return CorpusIds(ids[:cut], ids[cut:], test, list(vocab), spans)
 
 
 def encode_ids(text: str, vocab: Sequence[str], source: str = "text") -> torch.Tensor:
@@ -61,9 +144,10 @@ def epoch_batch_source(
     """`batches(epoch)` for `training.train`.
 
     Each epoch starts at a random offset below `bptt` (seeded by seed + epoch), so chunk
-    boundaries move between epochs. With `max_chars` (None or 0 = the whole text), an epoch is a window of that many
-    characters and successive epochs take successive windows (wrapping around the end of the
-    text), so short epochs still cover the whole text rather than its first part again and again.
+    boundaries move between epochs. With `max_chars` (None or 0 = the whole text), an epoch is a
+    window of that many characters and successive epochs take successive windows (wrapping around
+    the end of the text), so short epochs still cover the whole text rather than its first part
+    again and again.
     """
     total = ids.numel()
 

@@ -1,103 +1,90 @@
 """The vanishing-gradient study: how much of the loss's gradient reaches the state d steps back.
 
-For a tanh RNN, an LSTM and a GRU (character language models over an embedding, same hidden
-size), on real text windows of `seq_len` characters from the corpus' TEST split, we take the loss
-at the last step only and measure ||d loss / d h_{L-1-d}|| for every distance d, averaged over
-`measure_batch` windows (rnn_core.gradients.hidden_gradient_norms, in float64 so
-tiny norms do not underflow). Each curve is divided by its value at d = 0, so the three models share
-one scale. Two stages, because the picture changes with training:
-    init     the freshly initialised models (torch.nn's uniform(+-1/sqrt(H)) weights),
-    trained  the same models after brief truncated-BPTT training on the training split.
+For a tanh RNN, an LSTM and a GRU (character language models over an embedding, same model
+block), on real text windows of `seq_len` characters from the corpus' TEST split, we take the
+loss at the last step only and measure ||d loss / d h_{L-1-d}|| for every distance d, averaged
+over `measure_batch` windows (rnn_core.gradients.hidden_gradient_norms, in float64 so tiny norms
+do not underflow; with num_layers > 1, of the top layer). Each curve is divided by its value at
+d = 0, so the models share one scale. Two stages, because the picture changes with training:
+    init     the freshly initialised model (torch.nn's uniform(+-1/sqrt(H)) weights): rebuilt in
+             `score` from the seed, the very weights the runner built before training,
+    trained  the same model after brief truncated-BPTT training on the training part.
 
-Metrics ({m} in rnn, lstm, gru; no prefix = after training, "init_" = at initialisation):
-    grad_norm_ratio_d50_{m}    norm at distance 50 / norm at distance 0
-    vanish_distance_{m}        first distance where the ratio drops below Config.threshold (1e-3);
-                               seq_len when it never does inside the window (censored)
-    test_nats_per_char_{m}     the trained model on the first `test_chars` test characters
-                               (shows the brief training did learn something)
-HEADLINE: grad_norm_ratio_d50_lstm (goal max): the share of the gradient that still reaches 50
-characters back through a trained LSTM; the larger it is, the longer the dependencies an LSTM can
-learn from this text, which is the point of the study (compare with the rnn's metric).
+Each model is ONE configuration ("rnn", "lstm", "gru"; `Config.models`), trained by the runner
+like any other: the brief training is validated after every epoch on the first `val_chars` of
+the validation tail (the last `val_fraction` of the training text, text_streams.load_corpus_ids).
+Both measurements and the test cross-entropy come once, at the end, in `score`.
 
-One RunResult for the whole study ("rnn-lstm-gru"); its checkpoint is the trained LSTM's.
+Metrics of a configuration (no prefix = after training, "init_" = at initialisation):
+    grad_norm_ratio_d50    norm at distance 50 / norm at distance 0
+    vanish_distance        first distance where the ratio drops below Config.threshold (1e-3);
+                           seq_len when it never does inside the window (censored)
+    test_nats_per_char     the trained model on the first `test_chars` test characters (shows
+                           that the brief training did learn something)
+    val_nats, ...          (the runner) the chosen epoch's validation figures
+HEADLINE: grad_norm_ratio_d50 (goal max). The study is a diagnostic (`diagnostic = True`): the
+ratio describes the model, it does not rank it, and never moves a champion.
+
+Report per configuration: grad_norm_vs_distance.png (init and trained) and grad_norms.csv (the
+raw norms by distance: distance,init,trained). `summarise` draws every model together
+(grad_norm_vs_distance[_init|_trained].png, as the study's figure) and writes the combined
+grad_norms.csv (distance,<model>_init,<model>_trained,...), from the configurations' CSVs.
 """
+
+# knob() returns a dataclasses.field (RUF009 does not know it; see rnn_core.config)
+# ruff: noqa: RUF009
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from dataclasses import dataclass, field
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rnn_core import plots
-from rnn_core.datasets.corpus import load_corpus
-from rnn_core.datasets.io import read_json
+from rnn_core.checkpoints import seed_everything
+from rnn_core.config import knob
+from rnn_core.experiments.protocol import Batches, Experiment, Report, Splits
 from rnn_core.experiments.text_streams import (
+    CORPORA,
+    CharModel,
     as_streams,
+    char_lm,
     chunk_batches,
-    encode_ids,
     epoch_batch_source,
+    load_corpus_ids,
 )
 from rnn_core.gradients import hidden_gradient_norms
-from rnn_core.models import Batch, build_model, config_dict
-from rnn_core.results import Headline, RunResult
-from rnn_core.training import TrainConfig, resolve_device, train
+from rnn_core.models import Batch
+from rnn_core.results import Headline
+from rnn_core.training import TrainConfig, evaluate
 
-TASK = "vanishing_gradients"
-HEADLINE = Headline("grad_norm_ratio_d50_lstm", "max")
-DISTANCE = 50  # D of the grad_norm_ratio_d50_* metrics (fixed: they are compared across runs)
+DISTANCE = 50  # D of the grad_norm_ratio_d50 metrics (fixed: they are compared across runs)
 MODELS = ("rnn", "lstm", "gru")
 STAGES = ("init", "trained")
+CSV = "grad_norms.csv"
 
 
 @dataclass
 class Config:
-    models: list[str] = field(default_factory=lambda: ["rnn", "lstm", "gru"])  # see MODELS
-    corpus: str = "trump"  # trump | moliere (processed by rnn_core.datasets.corpus)
-    hidden_size: int = 128  # units of every model
-    embedding_dim: int = 32  # character embedding
-    backend: str = "fused"  # fused | scratch
-    seq_len: int = 150  # window length L: distances 0 .. L-1 from the loss
-    measure_batch: int = 32  # test windows the norms are averaged over
-    threshold: float = 1e-3  # ratio below which the gradient counts as vanished
-    epochs: int = 2  # brief training: epochs of `train_chars` characters each
-    train_chars: int = 100_000  # characters per epoch (successive windows of the train split)
-    batch_size: int = 16  # parallel training streams
-    bptt: int = 100  # truncated-BPTT chunk length during the brief training
-    lr: float = 4e-3  # Adam
-    grad_clip: float = 1.0  # max global gradient norm
-    test_chars: int = 30_000  # test characters scored after training
-    device: str = "auto"  # auto = CUDA when present
-    seed: int = 0  # model init, batches and the measured windows
-
-
-def plan(config: Config) -> list[str]:
-    """One configuration for the whole study, named after its models ("rnn-lstm-gru")."""
-    for model in config.models:
-        if model not in MODELS:
-            raise ValueError(f"{TASK}: unknown model {model!r}; expected one of {MODELS}")
-    if not config.models:
-        raise ValueError(f"{TASK}: no models to compare")
-    if "lstm" not in config.models:
-        raise ValueError(f"{TASK}: the study needs the lstm (its metric is the headline)")
-    if config.seq_len <= DISTANCE:
-        raise ValueError(f"{TASK}: seq_len {config.seq_len} must exceed distance {DISTANCE}")
-    return ["-".join(config.models)]
-
-
-def model_config(config: Config, model: str, vocab_size: int) -> dict:
-    return {
-        "kind": "char_lm",
-        "vocab_size": vocab_size,
-        "mode": "embedding",
-        "cell": model,
-        "hidden_size": config.hidden_size,
-        "embedding_dim": config.embedding_dim,
-        "backend": config.backend,
-    }
+    models: list[str] = knob(["rnn", "lstm", "gru"], choices=MODELS, nonempty=True)
+    corpus: str = knob("trump", choices=CORPORA)
+    seq_len: int = knob(150, min=DISTANCE + 1)  # window length L: distances 0 .. L-1
+    measure_batch: int = knob(32, min=1)  # test windows the norms are averaged over
+    threshold: float = knob(1e-3, above=0, below=1)  # ratio below which the gradient vanished
+    train_chars: int | None = knob(100_000, min=0)  # characters per epoch (successive windows
+    # of the training part); 0 or None = the whole training part
+    batch_size: int = knob(16, min=1)  # parallel training streams
+    bptt: int = knob(100, min=1)  # truncated-BPTT chunk length during the brief training
+    val_fraction: float = knob(0.05, above=0, below=1)  # tail of the training text held out
+    val_chars: int | None = knob(30_000, min=2)  # val characters scored per epoch (None = all)
+    test_chars: int | None = knob(30_000, min=2)  # test characters scored at the end
+    eval_streams: int = knob(16, min=1)  # parallel streams when scoring val and test
+    # brief training: 2 epochs of 100k characters
+    train: TrainConfig = knob(TrainConfig(epochs=2, lr=4e-3, grad_clip=1.0, stateful=True))
+    model: CharModel = knob(CharModel(hidden_size=128))
 
 
 def measure_windows(test_ids: torch.Tensor, config: Config) -> Batch:
@@ -105,8 +92,9 @@ def measure_windows(test_ids: torch.Tensor, config: Config) -> Batch:
     x = L x B ids, y = the next characters (only y[-1] enters the last-step loss)."""
     span = config.seq_len + 1
     if test_ids.numel() < span:
-        raise ValueError(f"{TASK}: the test split has {test_ids.numel()} chars < {span}")
-    rng = np.random.default_rng(config.seed)
+        raise ValueError(f"vanishing_gradients: the test split has {test_ids.numel()} chars "
+                         f"< {span}")
+    rng = np.random.default_rng(config.train.seed)
     starts = rng.integers(0, test_ids.numel() - span + 1, size=config.measure_batch)
     windows = torch.stack([test_ids[s : s + span] for s in starts.tolist()], dim=1)  # span x B
     return Batch(windows[:-1], windows[1:])
@@ -124,127 +112,118 @@ def vanish_distance(ratios: np.ndarray, threshold: float) -> int:
     return int(below[0]) if below.size else len(ratios)
 
 
-def run_one(config: Config, name: str, data_dir: Path, work_dir: Path, callbacks=None) -> RunResult:
-    """Measure every model at initialisation, train it briefly, measure again."""
-    started = time.perf_counter()
-    if name != plan(config)[0]:
-        raise ValueError(f"{TASK}: unknown configuration {name!r}; plan gives {plan(config)}")
-    out_dir = Path(data_dir) / "processed" / config.corpus
-    train_text, test_text, vocab = load_corpus(out_dir)
-    meta = read_json(out_dir / "meta.json")
-    train_ids = encode_ids(train_text, vocab, str(out_dir / "train.parquet"))
-    test_ids = encode_ids(test_text, vocab, str(out_dir / "test.parquet"))
-    windows = measure_windows(test_ids, config)
-    test_batches = chunk_batches(as_streams(test_ids[: config.test_chars], 16), config.bptt)
-    tcfg = TrainConfig(
-        epochs=config.epochs,
-        lr=config.lr,
-        grad_clip=config.grad_clip,
-        stateful=True,
-        device=config.device,
-        seed=config.seed,
-    )
+def norms_csv(columns: dict[str, np.ndarray]) -> str:
+    """distance,<column>,... one row per distance (raw norms, 7 significant digits)."""
+    lines = ["distance," + ",".join(columns)]
+    length = len(next(iter(columns.values())))
+    for d in range(length):
+        lines.append(f"{d}," + ",".join(f"{values[d]:.6e}" for values in columns.values()))
+    return "\n".join(lines) + "\n"
 
-    metrics: dict[str, float] = {}
-    curves: dict[str, dict[str, np.ndarray]] = {stage: {} for stage in STAGES}  # ratios
-    norms: dict[str, np.ndarray] = {}  # "rnn init" -> raw norms by distance
-    history_rows: dict[int, dict[str, float]] = {}
-    registered = None  # the trained LSTM: (model, checkpoint)
-    for model_name in config.models:
-        torch.manual_seed(config.seed)  # every model starts from its seeded torch.nn init
-        mcfg = model_config(config, model_name, len(vocab))
-        model = build_model(mcfg).to(resolve_device(config.device))
-        norms[f"{model_name} init"], curves["init"][model_name] = gradient_ratios(model, windows)
 
-        result = train(
-            model,
-            epoch_batch_source(
-                train_ids, config.batch_size, config.bptt, config.seed, config.train_chars
-            ),
-            tcfg,
-            eval_batches=test_batches,
-            callbacks=callbacks,
-            checkpoint_dir=Path(work_dir) / name / model_name,
-        )
-        norms[f"{model_name} trained"], curves["trained"][model_name] = gradient_ratios(
-            model, windows
-        )
-        for row in result.history:
-            merged = history_rows.setdefault(int(row["epoch"]), {"epoch": row["epoch"]})
-            merged[f"train_running_nats_per_char_{model_name}"] = row["train_loss"]
-            merged[f"test_nats_per_char_{model_name}"] = row["val_nats"]
-        metrics[f"test_nats_per_char_{model_name}"] = result.history[-1]["val_nats"]
-        for stage, prefix in (("init", "init_"), ("trained", "")):
-            ratios = curves[stage][model_name]
-            metrics[f"{prefix}grad_norm_ratio_d{DISTANCE}_{model_name}"] = float(ratios[DISTANCE])
-            metrics[f"{prefix}vanish_distance_{model_name}"] = float(
-                vanish_distance(ratios, config.threshold)
-            )
-        if model_name == "lstm":
-            registered = (model, Path(result.checkpoint))
+def read_norms_csv(text: str) -> dict[str, np.ndarray]:
+    """The columns of `norms_csv` (without distance) -> arrays indexed by distance."""
+    table = np.loadtxt(io.StringIO(text), delimiter=",", skiprows=1, ndmin=2)
+    header = text.split("\n", 1)[0].split(",")
+    return {name: table[:, i] for i, name in enumerate(header) if name != "distance"}
 
-    # -- one figure with both stages, one per stage for a closer look, the numbers as CSV ------
-    plot_dir = Path(work_dir) / name / "plots"
-    ylabel = "||dL/dh|| / its value at distance 0"
-    xlabel = "distance from the loss (steps)"
 
-    def series(stages):
-        return {
-            f"{m} ({stage})": {d: float(r) for d, r in enumerate(curves[stage][m]) if r > 0}
-            for stage in stages
-            for m in config.models
-        }
+def curves_figure(curves: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    """Ratio curves (label -> ratios by distance) on one log-scale plot; zeros left out."""
+    series = {label: {d: float(r) for d, r in enumerate(ratios) if r > 0}
+              for label, ratios in curves.items()}
+    return plots.series_by_x(series, path, "distance from the loss (steps)",
+                             "||dL/dh|| / its value at distance 0", title=title, logy=True)
 
-    figures = {
-        "grad_norm_vs_distance": plots.series_by_x(
-            series(STAGES),
-            plot_dir / "grad_norm_vs_distance.png",
-            xlabel,
-            ylabel,
-            title=f"Gradient vs distance, {config.corpus} text, init and trained",
-            logy=True,
-        )
-    }
-    for stage in STAGES:
-        figures[f"grad_norm_vs_distance_{stage}"] = plots.series_by_x(
-            series([stage]),
-            plot_dir / f"grad_norm_vs_distance_{stage}.png",
-            xlabel,
-            ylabel,
-            title=f"Gradient vs distance ({stage})",
-            logy=True,
-        )
-    columns = list(norms)
-    lines = ["distance," + ",".join(c.replace(" ", "_") for c in columns)]
-    for d in range(config.seq_len):
-        lines.append(f"{d}," + ",".join(f"{norms[c][d]:.6e}" for c in columns))
 
-    model, checkpoint = registered
-    return RunResult(
-        task=TASK,
-        name=name,
-        params={
-            "experiment": dataclasses.asdict(config),
-            "models": {m: model_config(config, m, len(vocab)) for m in config.models},
-            "train": dataclasses.asdict(tcfg),
-        },
-        metrics=metrics,
-        headline=HEADLINE,
-        history=[history_rows[e] for e in sorted(history_rows)],
-        figures=figures,
-        texts={"grad_norms.csv": "\n".join(lines) + "\n"},
-        tags={"model": name, "dataset": config.corpus, "data_variant": "full"},
-        dataset={
-            "dataset": config.corpus,
-            "variant": "full",
-            "source": meta.get("source"),
-            "vocab_size": len(vocab),
-            "train_chars": len(train_text),
-            "test_chars": len(test_text),
+class VanishingGradients(Experiment):
+    """Gradient norm against distance from the loss for tanh RNN, LSTM and GRU."""
+
+    name = "vanishing_gradients"
+    Config = Config
+    headline = Headline(f"grad_norm_ratio_d{DISTANCE}", "max")
+    datasets = CORPORA
+    select_on = ("nats", "min")
+    diagnostic = True
+
+    def needs(self, config: Config) -> list[str]:
+        return [config.corpus]
+
+    def plan(self, config: Config) -> list[str]:
+        """One configuration per model, in the order `config.models` lists them."""
+        if len(set(config.models)) != len(config.models):
+            raise ValueError(f"vanishing_gradients: models listed twice in {config.models}")
+        if not config.train.stateful:
+            raise ValueError("vanishing_gradients: train.stateful must be true (truncated BPTT)")
+        return list(config.models)
+
+    def data(self, config: Config, name: str, manifests) -> Splits:
+        """train = the training part's ids; val = streams of its tail; test = the test ids."""
+        manifest = manifests[config.corpus]
+        ids = load_corpus_ids(manifest, config.val_fraction)
+        val = as_streams(ids.val[: config.val_chars], config.eval_streams)
+        measure_windows(ids.test, config)  # fail now, not after training, on a short test split
+        info = ids.info(manifest) | {
+            "val_chars_scored": int(val[1:].numel()),
             "measured_windows": f"{config.measure_batch} x {config.seq_len} test characters",
-        },
-        model_config=config_dict(model),
-        checkpoint=checkpoint,
-        device=str(resolve_device(config.device)),
-        seconds=time.perf_counter() - started,
-    )
+        }
+        return Splits(ids.train, val, ids.test, info, vocab=ids.vocab)
+
+    def model(self, config: Config, name: str, data: Splits):
+        return char_lm(config.model, name, len(data.vocab))
+
+    def batches(self, config: Config, name: str, data: Splits) -> Batches:
+        source = epoch_batch_source(data.train, config.batch_size, config.bptt,
+                                    config.train.seed, config.train_chars)
+        return Batches(source, chunk_batches(data.val, config.bptt))
+
+    def score(self, config: Config, name: str, model, data: Splits) -> dict:
+        """Gradient ratios at init and after training on the test windows; test nats."""
+        windows = measure_windows(data.test, config)
+        seed_everything(config.train.seed)  # as the runner did before building the model ...
+        initial = self.model(config, name, data)  # ... so these are its initial weights
+        initial.to(next(model.parameters()).device)
+        norms = {"init": gradient_ratios(initial, windows)[0],
+                 "trained": gradient_ratios(model, windows)[0]}
+        test = as_streams(data.test[: config.test_chars], config.eval_streams)
+        scores: dict = {"test_nats_per_char": evaluate(model, chunk_batches(test, config.bptt),
+                                                       stateful=True)["nats"]}
+        for stage, prefix in (("init", "init_"), ("trained", "")):
+            ratios = norms[stage] / norms[stage][0]
+            scores[f"{prefix}grad_norm_ratio_d{DISTANCE}"] = float(ratios[DISTANCE])
+            scores[f"{prefix}vanish_distance"] = float(vanish_distance(ratios, config.threshold))
+        scores["norms"] = norms  # not a number: for the report (figure and CSV) only
+        return scores
+
+    def report(self, config, name, model, data, history, scores, folder) -> Report:
+        norms = scores["norms"]
+        curves = {f"{name} ({stage})": norms[stage] / norms[stage][0] for stage in STAGES}
+        figure = curves_figure(curves, folder / "grad_norm_vs_distance.png",
+                               f"{name}: gradient vs distance, {config.corpus} test text")
+        return Report(figures={"grad_norm_vs_distance": figure},
+                      texts={CSV: norms_csv({stage: norms[stage] for stage in STAGES})})
+
+    def summarise(self, config: Config, results: list, folder: Path) -> Report:
+        """Every configuration's curves on one plot (and per stage), and the combined CSV.
+
+        Reads each result's grad_norms.csv (RunResult.texts), so results read back from a
+        tracker (anything with `.name` and `.texts`) serve as well as fresh RunResults.
+        """
+        order = {m: i for i, m in enumerate(config.models)}
+        results = sorted((r for r in results if CSV in r.texts),
+                         key=lambda r: order.get(r.name, len(order)))
+        if not results:
+            return Report()
+        norms = {r.name: read_norms_csv(r.texts[CSV]) for r in results}
+        figures = {}
+        for suffix, stages in (("", STAGES), ("_init", ("init",)), ("_trained", ("trained",))):
+            curves = {f"{m} ({stage})": n[stage] / n[stage][0]
+                      for stage in stages for m, n in norms.items()}
+            title = f"Gradient vs distance, {config.corpus} text, {' and '.join(stages)}"
+            figures[f"grad_norm_vs_distance{suffix}"] = curves_figure(
+                curves, folder / f"grad_norm_vs_distance{suffix}.png", title)
+        columns = {f"{m}_{stage}": n[stage] for m, n in norms.items() for stage in STAGES}
+        return Report(figures=figures, texts={CSV: norms_csv(columns)})
+
+
+EXPERIMENT = VanishingGradients()
