@@ -1,27 +1,46 @@
 """Metro experiments: smoke runs end to end, plus the pieces a wrong number would hide in."""
 
+import dataclasses
 import datetime as dt
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from flows.profiles import experiment_config, load_profile
+from flows.profiles import PROFILES_DIR, ProfileError, build_config, experiment_config, load_profile
 from rnn_core.checkpoints import load_checkpoint
+from rnn_core.datasets.metro import load_metro
 from rnn_core.experiments import metro_classification as cls
 from rnn_core.experiments import metro_forecasting as fc
-from rnn_core.experiments.metro_common import all_windows, load_data, off_days, time_features
+from rnn_core.experiments.metro_common import (
+    FIRST_DAY,
+    all_windows,
+    load_splits,
+    off_days,
+    time_features,
+)
+from rnn_core.experiments.protocol import SealedSplitError
+from rnn_core.experiments.runner import run_configuration
 from rnn_core.models import build_model
 from rnn_core.training import evaluate
 
+CLS, FC = cls.EXPERIMENT, fc.EXPERIMENT
+HISTORY_KEYS = {"epoch", "train_loss", "lr", "seconds"}  # plus val_*: the runner's names
+
 
 @pytest.fixture(scope="module")
-def data_dir(prepared_data):
-    return prepared_data("metro")
+def metro(manifests):
+    return manifests("metro")
 
 
-def _smoke(module):
-    return experiment_config(load_profile("smoke"), module.TASK)
+def _profile(profile: str, exp):
+    return experiment_config(load_profile(profile, only=[exp.name]), exp.name)
+
+
+def _train(config, **changes):
+    """`config` with some of its [train] knobs changed."""
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
 
 
 def _rebuilt(result):
@@ -31,6 +50,14 @@ def _rebuilt(result):
     model = build_model(ckpt["config"])
     model.load_state_dict(ckpt["model_state"])
     return model.eval()
+
+
+def _check_history(result, epochs: int) -> None:
+    """One row per epoch, the runner's names only: nothing per epoch comes from the test split."""
+    assert [row["epoch"] for row in result.history] == [float(e) for e in range(epochs)]
+    for row in result.history:
+        assert not [k for k in row if "test" in k], row  # no test_*, no epoch_test_*
+        assert {k for k in row if not k.startswith("val_")} == HISTORY_KEYS
 
 
 # --- shared helpers ---------------------------------------------------------------------------
@@ -48,7 +75,7 @@ def test_all_windows_counts_and_seeded_sample():
 
 
 def test_off_days_know_weekends_and_new_year():
-    train, test = off_days("train", 18), off_days("test", 7)
+    train, test = off_days(FIRST_DAY["train"], 18), off_days(FIRST_DAY["test"], 7)
     expected = [float(d in (0, 4, 5, 11, 12)) for d in range(18)]  # 1 Jan holiday, Sat/Sun
     assert train.tolist() == expected and dt.date(2019, 1, 5).weekday() == 5
     assert test.tolist() == [1.0, 1.0, 0, 0, 0, 0, 0]  # 19-20 Jan are Sat/Sun
@@ -60,90 +87,236 @@ def test_time_features_follow_the_clock():
     assert feats[0, 0, 1].item() == pytest.approx(math.sin(2 * math.pi * 5.5 / 24), abs=1e-6)
 
 
-def test_load_data_normalises_by_training_maxima(data_dir):
-    data = load_data(data_dir, stations=10)
-    assert data.train.shape == (18, 73, 10, 2) and data.test.shape == (7, 73, 10, 2)
-    # Each station and direction peaks at exactly 1 on the training days; test reuses them.
-    torch.testing.assert_close(data.train.amax(dim=(0, 1)), torch.ones(10, 2))
-    assert data.info["variant"] == "full" and len(data.info["files"]["test"]["sha256"]) == 64
+def test_validation_days_are_the_last_training_days_disjoint_from_training(metro):
+    manifest = metro["metro"]
+    data = load_splits(manifest, stations=10, val_days=3)
+    train, val = data.train, data.val
+    assert train.x.shape == (15, 73, 10, 2) and val.x.shape == (3, 73, 10, 2)
+    january = [dt.date(2019, 1, d) for d in range(1, 19)]
+    assert val.dates == january[15:] and train.dates == january[:15]  # 16-18 Jan held out
+    assert not set(train.dates) & set(val.dates) and val.off.tolist() == [0.0, 0.0, 0.0]
+    # Maxima from the remaining training days only: each station and direction peaks at 1 there,
+    # and validation days are divided by those same maxima.
+    torch.testing.assert_close(train.x.amax(dim=(0, 1)), torch.ones(10, 2))
+    raw = torch.from_numpy(load_metro(manifest.path("train.parquet")))[:, :, :10]
+    torch.testing.assert_close(data.maxima, raw[:15].amax(dim=(0, 1)).clamp(min=1))
+    torch.testing.assert_close(val.x * data.maxima, raw[15:])
+    assert data.info["variant"] == "full" and data.info["days"] == {"train": 15, "val": 3,
+                                                                    "test": 7}
+    assert len(data.info["files"]["test.parquet"]["sha256"]) == 64
+    # The test split is sealed until the scoring phase opens it.
+    with pytest.raises(SealedSplitError):
+        _ = data.test.x
+    with data.unsealed():
+        assert data.test.dates[0] == dt.date(2019, 1, 19) and data.test.x.shape[0] == 7
+    with pytest.raises(ValueError, match="leaves no training day"):
+        load_splits(manifest, stations=10, val_days=18)
+
+
+@pytest.mark.parametrize("exp", [CLS, FC], ids=lambda e: e.name)
+def test_data_model_batches_never_read_the_test_split(exp, metro):
+    """Every phase before `score` runs with the test split sealed (reading it would raise)."""
+    config = _profile("smoke", exp)
+    (name,) = exp.plan(config)
+    data = exp.data(config, name, metro)
+    model = exp.model(config, name, data)
+    batches = exp.batches(config, name, data)
+    train = list(batches.train(0))
+    assert len(train) == config.batches_per_epoch
+    val = list(batches.val)
+    with torch.no_grad():
+        assert all(model(b.x)[0].shape[:1] == b.y.shape[:1] for b in train[:1] + val[:1])
+    if exp is CLS:  # a seeded sample of curve_windows validation windows per eval length
+        sizes = {L: min(config.curve_windows, 3 * 10 * (73 - L + 1)) for L in config.eval_lengths}
+        assert [b.x.shape[:2] for b in val] == [(L, n) for L, n in sizes.items()]
+    else:  # whole validation days: 3 days x 10 stations from 05:30
+        assert [b.x.shape[:2] for b in val] == [(73, 3 * 10)]
+        torch.testing.assert_close(val[0].x[:, 0, :2], data.val.x[0, :, 0])
+
+
+# --- profiles and bad values --------------------------------------------------------------------
+
+
+def test_profile_tables_plan_the_expected_configurations():
+    assert _profile("default", CLS) == cls.Config() and _profile("default", FC) == fc.Config()
+    assert CLS.plan(cls.Config()) == ["gru-10st-in", "gru-10st-inout"]
+    assert FC.plan(fc.Config()) == ["gru-in-ctx", "gru-inout-ctx"]
+    default = cls.Config()
+    assert (default.val_days, default.train.epochs, default.train.lr, default.model.hidden_size,
+            default.train.precision, default.train.select_epoch) == (3, 20, 3e-3, 64, "fp32", "last")
+    assert (fc.Config().min_length, fc.Config().train.lr_decay, fc.Config().model.residual) == (
+        8, 0.9, True)
+
+    smoke_cls, smoke_fc = _profile("smoke", CLS), _profile("smoke", FC)
+    assert CLS.plan(smoke_cls) == ["gru-10st-inout-tod"] and FC.plan(smoke_fc) == ["gru-inout-ctx"]
+    assert smoke_cls.train.epochs == 1 == smoke_fc.train.epochs
+    assert smoke_cls.model.hidden_size == 8 == smoke_fc.model.hidden_size
+
+    full_cls, full_fc = _profile("full", CLS), _profile("full", FC)
+    names = CLS.plan(full_cls)
+    assert len(names) == 18 and names[:3] == ["rnn-10st-in", "rnn-10st-inout", "rnn-10st-inout-tod"]
+    assert "gru-80st-inout-tod" in names
+    assert (full_cls.model.hidden_size, full_cls.model.num_layers, full_cls.model.dropout) == (
+        128, 2, 0.3)
+    assert (full_cls.train.epochs, full_cls.train.lr_decay, full_cls.train.select_epoch) == (
+        60, 0.97, "best_val")
+    assert len(FC.plan(full_fc)) == 12 and FC.plan(full_fc)[:2] == ["rnn-in", "rnn-in-ctx"]
+    assert (full_fc.model.hidden_size, full_fc.train.epochs, full_fc.covariates) == (
+        128, 30, list(fc.COVARIATES))
+
+
+def test_classification_plan_names_and_cross_field_rules():
+    config = cls.Config(cells=["rnn", "gru"], stations=[10, 80], features=["in", "inout-tod"])
+    assert CLS.plan(config)[:2] == ["rnn-10st-in", "rnn-10st-inout-tod"]
+    assert "gru-80st-inout-tod" in CLS.plan(config) and len(CLS.plan(config)) == 8
+    with pytest.raises(ValueError, match="unknown feature set 'in\\+out'"):
+        CLS.plan(cls.Config(features=["in+out"]))
+    with pytest.raises(ValueError, match="must contain 73"):
+        CLS.plan(cls.Config(eval_lengths=[5, 10]))
+    with pytest.raises(ValueError, match="min_length 40 > max_length 20"):
+        CLS.plan(cls.Config(min_length=40, max_length=20))
+
+
+def test_forecasting_plan_names_and_cross_field_rules():
+    config = fc.Config(cells=["gru"], features=["in", "inout"], inputs=["flows", "context"])
+    assert FC.plan(config) == ["gru-in", "gru-in-ctx", "gru-inout", "gru-inout-ctx"]
+    with pytest.raises(ValueError, match="unknown covariates \\['weather'\\]"):
+        FC.plan(fc.Config(covariates=["weather"]))
+    with pytest.raises(ValueError, match="unknown feature set 'inout-tod'"):
+        FC.plan(fc.Config(features=["inout-tod"]))
+    with pytest.raises(ValueError, match="min_length"):
+        FC.plan(fc.Config(min_length=30, max_length=20))
+
+
+@pytest.mark.parametrize("exp, values, message", [
+    (CLS, {"val_days": 18}, "val_days = 18: must be >= 1 and <= 17"),
+    (CLS, {"stations": [10, 81]}, "stations = 81"),
+    (CLS, {"features": ["in+out"]}, "features = 'in\\+out': expected one of"),
+    (CLS, {"eval_lengths": [5, 10]}, "must contain 73"),
+    (CLS, {"min_length": 50, "max_length": 20}, "min_length 50 > max_length 20"),
+    (CLS, {"train": {"epochs": 0}}, "train.epochs = 0"),
+    (CLS, {"model": {"backend": "cudnn"}}, "model.backend = 'cudnn'"),
+    (CLS, {"model": {"dropout": 1.0}}, "model.dropout = 1.0"),
+    (CLS, {"hidden_size": 8}, "unknown key hidden_size"),  # the old flat layout
+    (CLS, {"train": {"hidden_size": 8}}, "unknown key train.hidden_size"),
+    (FC, {"covariates": ["weather"]}, "covariates = 'weather'"),
+    (FC, {"min_length": 1}, "min_length = 1: must be >= 2"),
+    (FC, {"horizon": 0}, "horizon = 0"),
+    (FC, {"inputs": ["everything"]}, "inputs = 'everything'"),
+    (FC, {"model": {"residual": "sometimes"}}, "model.residual"),
+])
+def test_bad_profile_values_name_the_key(exp, values, message):
+    with pytest.raises(ProfileError, match=message):
+        build_config(PROFILES_DIR / "test.toml", exp.name, values)
 
 
 # --- classification ---------------------------------------------------------------------------
 
 
-def test_classification_plan_names_and_bad_configs():
-    config = cls.Config(cells=["rnn", "gru"], stations=[10, 80], features=["in", "inout-tod"])
-    assert cls.plan(config)[:2] == ["rnn-10st-in", "rnn-10st-inout-tod"]
-    assert "gru-80st-inout-tod" in cls.plan(config) and len(cls.plan(config)) == 8
-    with pytest.raises(ValueError, match="feature set"):
-        cls.plan(cls.Config(features=["in+out"]))
-
-
-def test_make_batch_one_length_and_labels_are_stations(data_dir):
-    data = load_data(data_dir, stations=10)
-    spec = cls._specs(cls.Config(features=["in-tod"]))["gru-10st-in-tod"]
-    batch = cls.make_batch(data.train, 7, [(0, 3, 10), (17, 9, 66)], spec)
+def test_make_batch_one_length_and_labels_are_stations(metro):
+    data = load_splits(metro["metro"], stations=10, val_days=3)
+    spec = CLS.specs(cls.Config(features=["in-tod"]))["gru-10st-in-tod"]
+    batch = cls.make_batch(data.train.x, 7, [(0, 3, 10), (14, 9, 66)], spec)
     assert batch.x.shape == (7, 2, 1 + 3) and batch.y.tolist() == [3, 9]
-    torch.testing.assert_close(batch.x[:, 0, 0], data.train[0, 10:17, 3, 0])
+    torch.testing.assert_close(batch.x[:, 0, 0], data.train.x[0, 10:17, 3, 0])
+    torch.testing.assert_close(batch.x[:, 1, 1:], time_features(torch.arange(66, 73)[:, None])[:, 0])
 
 
 @pytest.mark.slow
-def test_classification_smoke_run(data_dir, tmp_path):
-    config = _smoke(cls)
-    (name,) = cls.plan(config)
+def test_classification_smoke_run(metro, tmp_path):
+    config = _profile("smoke", CLS)
+    (name,) = CLS.plan(config)
     with pytest.raises(KeyError, match="unknown configuration"):
-        cls.run_one(config, "lstm-3st-in", data_dir, tmp_path)
-    result = cls.run_one(config, name, data_dir, tmp_path)
-    names = {f"test_error_L{L}" for L in (5, 10, 20, 40, 73)}
-    names |= {"test_accuracy_L73", "train_error", "train_loss", "test_loss", "majority_error"}
+        run_configuration(CLS.name, config, "lstm-3st-in", metro, tmp_path)
+    result = run_configuration(CLS.name, config, name, metro, tmp_path)
+    lengths = (5, 10, 20, 40, 73)
+    names = {f"{split}_error_L{L}" for L in lengths for split in ("test", "val", "train")}
+    names |= {"test_accuracy_L73", "train_error", "train_eval_loss", "test_loss",
+              "majority_error", "val_error", "val_loss", "chosen_epoch"}
     assert names <= set(result.metrics)
     assert all(math.isfinite(v) for v in result.metrics.values())
     assert result.headline_value == result.metrics["test_error_L73"]
     stations = config.stations[0]
     assert result.metrics["majority_error"] == pytest.approx(1 - 1 / stations)
-    assert len(result.history) == config.epochs and "epoch_test_error" in result.history[0]
+    _check_history(result, config.train.epochs)
+    assert result.metrics["val_error"] == result.history[-1]["val_error"]
     assert all(path.is_file() for path in result.figures.values())
-    assert {"learning_curves_loss", "error_vs_length"} <= set(result.figures)
-    assert result.tags["data_variant"] == "full" and result.dataset["eval_windows"]["test"]
-    # The checkpoint rebuilds the trained model: it reproduces the headline on the test days.
-    spec = cls._specs(config)[name]
-    data = load_data(data_dir, stations)
-    windows, _ = all_windows(7, stations, 73)
-    scores = evaluate(_rebuilt(result), cls._eval_batches(data.test, windows, 73, spec))
-    assert scores["error"] == pytest.approx(result.metrics["test_error_L73"], abs=1e-9)
+    assert {"learning_curves_loss", "learning_curves_error", "error_vs_length",
+            "confusion_L73"} <= set(result.figures)
+    assert result.tags["data_variant"] == "full" and result.tags["features"] == "inout-tod"
+    windows = result.dataset["eval_windows"]
+    assert windows["test"][73] == {"windows": 70, "sampled": False}
+    assert windows["val"][73] == {"windows": 30, "sampled": False}
+    assert windows["train"][5] == {"windows": 300, "sampled": True}
+    assert result.params["train"]["epochs"] == 1 and result.params["model"]["hidden_size"] == 8
+    # The checkpoint rebuilds the trained model: it reproduces the headline on the test days
+    # and the whole-day validation error.
+    data = CLS.data(config, name, metro)
+    model = _rebuilt(result)
+    val = evaluate(model, cls.eval_batches(data.val.x, all_windows(3, stations, 73)[0], 73,
+                                           data.spec))
+    assert val["error"] == pytest.approx(result.metrics["val_error_L73"], abs=1e-9)
+    with data.unsealed():
+        test = evaluate(model, cls.eval_batches(data.test.x, all_windows(7, stations, 73)[0], 73,
+                                                data.spec))
+    assert test["error"] == pytest.approx(result.metrics["test_error_L73"], abs=1e-9)
     # A rerun resumes from the finished checkpoint: no training, the same scores.
-    again = cls.run_one(config, name, data_dir, tmp_path)
+    again = run_configuration(CLS.name, config, name, metro, tmp_path)
+    assert result.metrics.pop("resumed_from_epoch") == 0
+    assert again.metrics.pop("resumed_from_epoch") == config.train.epochs
     assert again.history == result.history and again.metrics == result.metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exp, key", [(CLS, "val_error"), (FC, "val_mse_h1")],
+                         ids=["classification", "forecasting"])
+def test_best_val_epoch_is_chosen_on_validation(exp, key, metro, tmp_path):
+    config = _train(_profile("smoke", exp), epochs=3, select_epoch="best_val")
+    (name,) = exp.plan(config)
+    result = run_configuration(exp.name, config, name, metro, tmp_path)
+    _check_history(result, 3)
+    curve = [row[key] for row in result.history]
+    chosen = int(result.metrics["chosen_epoch"])
+    assert curve[chosen] == min(curve) and result.metrics[key] == min(curve)
+    assert load_checkpoint(result.checkpoint)["epoch"] == chosen
 
 
 # --- forecasting ------------------------------------------------------------------------------
 
 
-def test_forecasting_plan_names():
-    config = fc.Config(cells=["gru"], features=["in", "inout"], inputs=["flows", "context"])
-    assert fc.plan(config) == ["gru-in", "gru-in-ctx", "gru-inout", "gru-inout-ctx"]
-    with pytest.raises(ValueError, match="covariates"):
-        fc.plan(fc.Config(covariates=["weather"]))
-
-
 def test_day_type_profile_leaves_the_day_out():
     train = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 73, 1, 1)  # day d holds the value d
     off_train, off_test = torch.tensor([0.0, 0, 1, 1]), torch.tensor([1.0, 0])
-    expected_train, expected_test = fc.day_type_profiles(train, off_train, off_test)
+    expected_train = fc.day_type_profiles(train, off_train)
+    expected_test = fc.day_type_profiles(train, off_train, off_test)
     assert expected_train[:, 0, 0, 0].tolist() == [1.0, 0.0, 3.0, 2.0]  # the other same-type day
     assert expected_test[:, 0, 0, 0].tolist() == [2.5, 0.5]
+    lone = fc.day_type_profiles(train[:3], off_train[:3])  # day 2 is the only off day
+    assert lone[:, 0, 0, 0].tolist() == [1.0, 0.0, 0.5]  # ... so it uses every other day
 
 
-def test_make_windows_inputs_targets_and_profile_covariate(data_dir):
-    data = load_data(data_dir, stations=80)
+def test_profile_context_comes_from_training_days_only(metro):
+    config = _profile("smoke", FC)
+    data = FC.data(config, "gru-inout-ctx", metro)
+    train_days = data.train.x
+    working = [d for d, off in enumerate(data.train.off.tolist()) if not off]
+    # Validation days (all working days) expect the mean of the working training days.
+    torch.testing.assert_close(data.contexts["val"]["expected"][0], train_days[working].mean(0))
+    assert data.contexts["val"]["expected"].shape == (3, 73, 10, 2)
+
+
+def test_make_windows_inputs_targets_and_profile_covariate(metro):
+    data = load_splits(metro["metro"], stations=80, val_days=3)
     config = fc.Config(covariates=list(fc.COVARIATES))
-    spec = fc._specs(config)["gru-inout-ctx"]
+    spec = FC.specs(config)["gru-inout-ctx"]
     expected = torch.rand(7, 73, 80, 2)
-    context = {"off": off_days("test", 7), "expected": expected, "stations": 80}
-    w = fc.make_windows(data.test, [(2, 5, 30), (0, 79, 60)], 10, spec, context, horizon=4)
-    assert w.batch.x.shape == (10, 2, 2 + fc.num_covariates(spec, 80, 4)) == (10, 2, 2 + 92)
+    context = {"off": off_days(FIRST_DAY["test"], 7), "expected": expected, "stations": 80}
+    with data.unsealed():
+        x = data.test.x
+    w = fc.make_windows(x, [(2, 5, 30), (0, 79, 60)], 10, spec, context, horizon=4)
+    assert w.batch.x.shape == (10, 2, 2 + fc.num_covariates(spec, 4)) == (10, 2, 2 + 92)
     assert w.batch.y.shape == (10, 2, 4, 2)
-    torch.testing.assert_close(w.batch.y[3, 0, 1], data.test[2, 30 + 3 + 2, 5])  # x[t+h+1]
+    torch.testing.assert_close(w.batch.y[3, 0, 1], x[2, 30 + 3 + 2, 5])  # x[t+h+1]
     assert w.batch.x[0, 0, 2 + 5] == 1 and w.batch.x[0, 1, 2 + 79] == 1  # one-hot station
     assert w.batch.x[0, 0, 2 + 83] == 0 and w.batch.x[0, 1, 2 + 83] == 1  # Mon vs Sat
     profile = w.batch.x[4, 0, -8:].view(4, 2)  # at t = slot 34: the expected slots 35..38
@@ -151,36 +324,39 @@ def test_make_windows_inputs_targets_and_profile_covariate(data_dir):
 
 
 @pytest.mark.slow
-def test_forecasting_smoke_run(data_dir, tmp_path):
-    config = _smoke(fc)
-    (name,) = fc.plan(config)
-    result = fc.run_one(config, name, data_dir, tmp_path)
+def test_forecasting_smoke_run(metro, tmp_path):
+    config = _profile("smoke", FC)
+    (name,) = FC.plan(config)
+    result = run_configuration(FC.name, config, name, metro, tmp_path)
     H = config.horizon
-    for prefix in ("test", "persistence", "profile", "daytype_profile", "train"):
+    for prefix in ("test", "persistence", "profile", "daytype_profile", "train", "val"):
         assert {f"{prefix}_mse_h{h}" for h in range(1, H + 1)} <= set(result.metrics)
+    assert "example_day" not in result.metrics  # an array for the report, not a metric
     assert all(math.isfinite(v) for v in result.metrics.values())
     assert result.headline.metric == "test_mse_h1" and result.headline.goal == "min"
+    _check_history(result, config.train.epochs)
+    assert result.metrics["val_mse_h1"] == result.history[-1]["val_mse_h1"]
+    assert result.dataset["val_windows"].startswith("30 whole days")
     # Persistence on whole test days, computed independently: same targets as the model's.
-    data = load_data(data_dir, stations=config.stations)
-    flows = data.test[..., fc.FEATURE_SETS[result.tags["features"]]]
+    data = FC.data(config, name, metro)
+    with data.unsealed():
+        flows = data.test.x[..., data.spec.columns]
+        batches = [w.batch for w in fc.whole_days(data.test, data.spec,
+                                                  fc.context(data, data.test), H)]
     for h in range(1, H + 1):
         direct = ((flows[:, h:] - flows[:, :-h]) ** 2).double().mean().item()
         assert result.metrics[f"persistence_mse_h{h}"] == pytest.approx(direct, rel=1e-5)
     assert all(path.is_file() for path in result.figures.values())
-    assert {"mse_by_horizon", "learning_curves"} <= set(result.figures)
-    # The checkpoint rebuilds the trained model: the same test MSE on the same inputs.
-    spec = fc._specs(config)[name]
-    _, expected_test = fc.day_type_profiles(data.train, off_days("train", 18), off_days("test", 7))
-    context = {
-        "off": off_days("test", 7),
-        "expected": expected_test[..., spec.columns],
-        "stations": config.stations,
-    }
-    windows, _ = all_windows(7, config.stations, 73)
-    batch = fc.make_windows(data.test, windows, 73, spec, context, H).batch
-    scores = evaluate(_rebuilt(result), [batch])
-    assert scores["mse_h1"] == pytest.approx(result.metrics["test_mse_h1"], rel=1e-6)
+    assert {"mse_by_horizon", "learning_curves", "example_day"} <= set(result.figures)
+    # The checkpoint rebuilds the trained model: the same test MSE on the same inputs, and the
+    # chosen epoch's validation MSE on whole validation days.
+    model = _rebuilt(result)
+    assert evaluate(model, batches)["mse_h1"] == pytest.approx(result.metrics["test_mse_h1"],
+                                                               rel=1e-6)
+    val = evaluate(model, list(FC.batches(config, name, data).val))
+    assert val["mse_h1"] == pytest.approx(result.metrics["val_mse_h1"], rel=1e-6)
     # Reproducible from the config's seed alone, whatever the global RNG did before.
     torch.rand(1000)
-    again = fc.run_one(config, name, data_dir, tmp_path / "again")
+    np.random.rand(10)
+    again = run_configuration(FC.name, config, name, metro, tmp_path / "again")
     assert again.metrics == result.metrics

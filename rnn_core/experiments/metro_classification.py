@@ -3,308 +3,194 @@
 A window is `length` consecutive quarter-hours of one station's flows on one day; the model reads
 it and names the station. As in the course, flows are divided by each station's training maxima,
 and training draws ONE random window length per batch (RandomLengthWindowSampler), so one model
-handles every length. Evaluation scores every test window of each length in `eval_lengths`
-(7 days x stations x start positions), or a seeded sample of `max_eval_windows` when there are
-more (dataset["eval_windows"] says which).
+handles every length.
+
+Splits (rnn_core.experiments.metro_common): train = 1-15 Jan, val = the last `val_days` (3)
+training days, 16-18 Jan, test = 19-25 Jan. After every epoch the model is scored on a seeded
+sample of `curve_windows` validation windows per eval length (the curves, and the epoch choice
+with `train.select_epoch = "best_val"`). The chosen model then scores every window of each
+length in `eval_lengths` on each split (days x stations x start positions), or a seeded sample
+of `max_eval_windows` when there are more (dataset["eval_windows"] says which).
 
 Configurations: cell x station count x feature set, named "<cell>-<S>st-<features>", e.g.
 "rnn-10st-in", "gru-80st-inout". Feature sets: "in" (inflow), "inout" (inflow, outflow), and a
-"-tod" suffix ("inout-tod") that adds the time of day of each step as three inputs — known
+"-tod" suffix ("inout-tod") that adds the time of day of each step as three inputs - known
 information the course's protocol leaves out, added here as a practitioner would.
+
+Metrics (L = window length, each of `eval_lengths`):
+    test_error_L<L>, test_loss_L<L>, test_accuracy_L73, test_loss (L73)   the model, test days
+    val_error_L<L>, val_loss_L<L>              the model, every validation window (or a sample)
+    val_error, val_loss (chosen epoch)         the per-epoch sample of validation windows
+    train_error_L<L>, train_error (L73), train_eval_loss (L73)   the model, training days
+    majority_error                             always predicting the training majority station
+History (the runner's names): train_loss, val_loss, val_error, val_accuracy, lr, seconds.
+Figures: learning_curves_loss, learning_curves_error, error_vs_length, confusion_L73 (test,
+20 stations or fewer).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, NamedTuple
+from dataclasses import dataclass
 
 import torch
 
 from rnn_core import plots
 from rnn_core.baselines import majority_error
-from rnn_core.checkpoints import LAST, seed_everything
-from rnn_core.datasets.bucketing import RandomLengthWindowSampler
-from rnn_core.datasets.metro import NUM_SLOTS, gather_windows
+from rnn_core.config import as_dict, knob
+from rnn_core.datasets.metro import NUM_SLOTS, NUM_STATIONS, gather_windows
 from rnn_core.experiments.metro_common import (
-    EVAL_BATCH,
-    FEATURE_SETS,
+    CELLS,
+    MetroConfig,
+    MetroExperiment,
+    RecurrentBlock,
+    Spec,
     all_windows,
-    load_data,
+    chunked,
+    feature_sets,
+    parse_features,
+    product_specs,
     time_features,
     window_slots,
 )
+from rnn_core.experiments.protocol import Report, Splits
 from rnn_core.metrics import ClassificationMetrics
-from rnn_core.models import Batch, build_model, config_dict
-from rnn_core.results import Headline, RunResult
-from rnn_core.training import TrainConfig, evaluate, resolve_device, train
-
-TASK = "metro_classification"
-HEADLINE = Headline("test_error_L73", "min")
+from rnn_core.models import Batch, ClassifierConfig
+from rnn_core.results import Headline
+from rnn_core.training import TrainConfig, evaluate
 
 
 @dataclass
-class Config:
-    """Defaults = the `default` profile: one GRU on 10 stations, in+out flows."""
+class Config(MetroConfig):
+    """Defaults = the `default` profile: one GRU on 10 stations, inflow then in+out flows."""
 
-    cells: list[str] = field(default_factory=lambda: ["gru"])  # rnn | lstm | gru
-    stations: list[int] = field(default_factory=lambda: [10])  # classes: stations 0..S-1
-    features: list[str] = field(default_factory=lambda: ["in", "inout"])  # in | inout [+ "-tod"]
-    hidden_size: int = 64  # recurrent units
-    num_layers: int = 1  # stacked recurrent layers
-    dropout: float = 0.0  # between stacked layers (num_layers >= 2)
-    backend: str = "fused"  # fused (torch.nn) | scratch (rnn_core.cells loop)
-    min_length: int = 5  # each training batch draws its window length from min..max_length
-    max_length: int = 73  # 73 = a whole day
-    batch_size: int = 64  # windows per training batch
-    batches_per_epoch: int = 100  # training windows are drawn with replacement: no fixed epoch
-    epochs: int = 20
-    lr: float = 3e-3  # Adam
-    lr_decay: float = 1.0  # lr multiplier after each epoch
-    grad_clip: float = 1.0  # max global gradient norm
-    weight_decay: float = 0.0  # L2 penalty (Adam)
-    input_noise: float = 0.0  # std of Gaussian noise added to training flows (augmentation)
-    eval_lengths: list[int] = field(default_factory=lambda: [5, 10, 20, 40, 73])  # must hold 73
-    max_eval_windows: int = 50_000  # per split and length: all windows, or a seeded sample
-    curve_windows: int = 256  # test windows per eval length scored after every epoch
-    device: str = "auto"  # auto = CUDA when present
-    precision: str = "fp32"  # autocast on CUDA (bf16 | fp16 | fp32); small models gain little
-    seed: int = 0  # model init, batch draws and evaluation samples
-
-
-class Spec(NamedTuple):
-    """One planned configuration."""
-
-    name: str
-    cell: str
-    stations: int
-    features: str  # e.g. "inout-tod"
-    columns: list[int]  # flow columns of the last data axis
-    time_of_day: bool  # append time_features to every step
-
-
-def _parse_features(features: str) -> tuple[list[int], bool]:
-    flows, _, extra = features.partition("-")
-    if flows not in FEATURE_SETS or extra not in ("", "tod"):
-        raise ValueError(f"unknown feature set {features!r}: expected in|inout, optionally -tod")
-    return FEATURE_SETS[flows], extra == "tod"
-
-
-def _specs(config: Config) -> dict[str, Spec]:
-    specs = {}
-    for cell, stations, features in itertools.product(
-        config.cells, config.stations, config.features
-    ):
-        name = f"{cell}-{stations}st-{features}"
-        specs[name] = Spec(name, cell, stations, features, *_parse_features(features))
-    return specs
-
-
-def plan(config: Config) -> list[str]:
-    """Configuration names in training order: cells, then station counts, then features."""
-    return list(_specs(config))
+    cells: list[str] = knob(["gru"], choices=CELLS, nonempty=True)
+    stations: list[int] = knob([10], min=2, max=NUM_STATIONS, nonempty=True)  # stations 0..S-1
+    features: list[str] = knob(["in", "inout"], choices=feature_sets(("tod",)), nonempty=True)
+    input_noise: float = knob(0.0, min=0)  # std of Gaussian noise on training flows (augmentation)
+    eval_lengths: list[int] = knob([5, 10, 20, 40, 73], min=1, max=NUM_SLOTS, nonempty=True)
+    max_eval_windows: int = knob(50_000, min=1)  # per split and length: all windows, or a sample
+    curve_windows: int = knob(256, min=1)  # validation windows per eval length after every epoch
+    # ~25 s of CPU per configuration; fp32: small models gain little from autocast on CUDA
+    train: TrainConfig = knob(TrainConfig(epochs=20, lr=3e-3, lr_decay=1.0, grad_clip=1.0,
+                                          precision="fp32"))
+    model: RecurrentBlock = knob(RecurrentBlock)
 
 
 def make_batch(x: torch.Tensor, length: int, windows, spec: Spec) -> Batch:
     """Windows (B x 3 day, station, start) of `x` (D x 73 x S x 2) -> Batch(L x B x D, B)."""
     flows, labels = gather_windows(x, length, windows)  # L x B x 2, B station ids
     inputs = flows[..., spec.columns]
-    if spec.time_of_day:
+    if "time" in spec.covariates:
         inputs = torch.cat([inputs, time_features(window_slots(windows, length))], dim=-1)
     return Batch(inputs, labels)
 
 
-def _eval_batches(x, windows: torch.Tensor, length: int, spec: Spec) -> list[Batch]:
-    return [
-        make_batch(x, length, windows[i : i + EVAL_BATCH], spec)
-        for i in range(0, len(windows), EVAL_BATCH)
-    ]
+def eval_batches(x: torch.Tensor, windows: torch.Tensor, length: int, spec: Spec) -> list[Batch]:
+    return chunked(windows, lambda w: make_batch(x, length, w, spec))
 
 
-def _check(config: Config) -> None:
-    if NUM_SLOTS not in config.eval_lengths:
-        raise ValueError(f"eval_lengths must contain {NUM_SLOTS} (the headline length)")
-    if not 1 <= config.min_length <= config.max_length <= NUM_SLOTS:
-        raise ValueError(f"need 1 <= min_length <= max_length <= {NUM_SLOTS}")
+class MetroClassification(MetroExperiment):
+    """Which station is it? Many-to-one on windows of flows; error against test length."""
 
+    name = "metro_classification"
+    Config = Config
+    headline = Headline("test_error_L73", "min")
+    select_on = ("error", "min")
 
-def run_one(config: Config, name: str, data_dir: Path, work_dir: Path, callbacks=None) -> RunResult:
-    """Train configuration `name`, evaluate on both splits, write plots; resumes from work_dir."""
-    started = time.perf_counter()
-    _check(config)
-    specs = _specs(config)
-    if name not in specs:
-        raise KeyError(f"{TASK}: unknown configuration {name!r}; planned: {list(specs)}")
-    spec = specs[name]
-    run_dir = Path(work_dir) / name
-    data = load_data(Path(data_dir), spec.stations)
-    train_days, test_days = data.train.shape[0], data.test.shape[0]
+    def specs(self, config: Config) -> dict[str, Spec]:
+        """Configuration names in training order: cells, then station counts, then features."""
 
-    seed_everything(config.seed)  # the initial weights depend on the seed alone
-    model = build_model(
-        {
-            "kind": "classifier",
-            "cell": spec.cell,
-            "hidden_size": config.hidden_size,
-            "num_layers": config.num_layers,
-            "backend": config.backend,
-            "dropout": config.dropout,
-            "num_classes": spec.stations,
-            "input_size": len(spec.columns) + (3 if spec.time_of_day else 0),
+        def spec(cell: str, stations: int, features: str) -> Spec:
+            columns, extra = parse_features(features, ("tod",))
+            return Spec(f"{cell}-{stations}st-{features}", cell, stations, features, columns,
+                        ("time",) if extra else ())
+
+        return product_specs(spec, config.cells, config.stations, config.features)
+
+    def plan(self, config: Config) -> list[str]:
+        if NUM_SLOTS not in config.eval_lengths:
+            raise ValueError(f"eval_lengths {config.eval_lengths} must contain {NUM_SLOTS} "
+                             "(the headline length: whole days)")
+        return super().plan(config)
+
+    def data(self, config: Config, name: str, manifests) -> Splits:
+        data = super().data(config, name, manifests)
+        S = data.spec.stations
+        data.info["eval_windows"] = {
+            split: {L: {"windows": min(n, config.max_eval_windows),
+                        "sampled": n > config.max_eval_windows}
+                    for L in config.eval_lengths
+                    for n in [days * S * (NUM_SLOTS - L + 1)]}
+            for split, days in data.info["days"].items()
         }
-    )
-    sampler = RandomLengthWindowSampler(
-        train_days,
-        spec.stations,
-        NUM_SLOTS,
-        config.batch_size,
-        range(config.min_length, config.max_length + 1),
-        config.batches_per_epoch,
-        seed=config.seed,
-    )
+        return data
 
-    def batches(epoch: int):
-        sampler.set_epoch(epoch)  # a new, reproducible draw of lengths and windows per epoch
-        for length, windows in sampler:
-            batch = make_batch(data.train, length, windows, spec)
-            if config.input_noise > 0:  # jitter the flows only, never the time-of-day inputs
-                noise = torch.zeros_like(batch.x)
-                noise[..., : len(spec.columns)].normal_(0.0, config.input_noise)
-                batch = batch._replace(x=batch.x + noise)
-            yield batch
+    def model_config(self, config: Config, spec: Spec) -> ClassifierConfig:
+        return ClassifierConfig(**as_dict(config.model), cell=spec.cell, num_classes=spec.stations,
+                                input_size=len(spec.columns) + 3 * ("time" in spec.covariates))
 
-    # Learning curve: a fixed seeded sample of test windows of every eval length, only watched
-    # (no early stopping, no model selection on it).
-    curve = [
-        batch
-        for length in config.eval_lengths
-        for batch in _eval_batches(
-            data.test,
-            all_windows(test_days, spec.stations, length, config.curve_windows, config.seed)[0],
-            length,
-            spec,
-        )
-    ]
-    train_config = TrainConfig(
-        epochs=config.epochs,
-        lr=config.lr,
-        lr_decay=config.lr_decay,
-        grad_clip=config.grad_clip,
-        weight_decay=config.weight_decay,
-        device=config.device,
-        precision=config.precision,
-        seed=config.seed,
-    )
-    trained = train(
-        model,
-        batches,
-        train_config,
-        eval_batches=curve,
-        callbacks=callbacks,
-        checkpoint_dir=run_dir,
-    )
-    history = [
-        {
-            "epoch": row["epoch"],
-            "epoch_train_loss": row["train_loss"],  # running mean over the epoch's batches
-            "epoch_test_loss": row["val_loss"],
-            "epoch_test_error": row["val_error"],
-            "lr": row["lr"],
-            "seconds": row["seconds"],
+    def train_batch(self, config: Config, data: Splits, length: int, windows) -> Batch:
+        spec = data.spec
+        batch = make_batch(data.train.x, length, windows, spec)
+        if config.input_noise > 0:  # jitter the flows only, never the time-of-day inputs
+            noise = torch.zeros_like(batch.x)
+            noise[..., : len(spec.columns)].normal_(0.0, config.input_noise)
+            batch = batch._replace(x=batch.x + noise)
+        return batch
+
+    def val_batches(self, config: Config, data: Splits) -> list[Batch]:
+        """A fixed seeded sample of `curve_windows` validation windows of every eval length."""
+        spec, days = data.spec, data.val.num_days
+        return [batch for L in config.eval_lengths
+                for batch in eval_batches(data.val.x, all_windows(
+                    days, spec.stations, L, config.curve_windows, config.train.seed)[0], L, spec)]
+
+    def score(self, config: Config, name: str, model, data: Splits) -> dict:
+        """Every window of each length (or a seeded sample) on each split; majority baseline."""
+        spec, S = data.spec, data.spec.stations
+        scores: dict = {}
+        for split in ("train", "val", "test"):
+            days = getattr(data, split)
+            for L in config.eval_lengths:
+                windows, _ = all_windows(days.num_days, S, L, config.max_eval_windows,
+                                         config.train.seed)
+                accuracy = ClassificationMetrics(S)
+                result = evaluate(model, eval_batches(days.x, windows, L, spec), [accuracy])
+                scores[f"{split}_error_L{L}"] = result["error"]
+                scores[f"{split}_loss_L{L}"] = result["loss"]
+                if split == "test" and L == NUM_SLOTS:
+                    scores["confusion"] = accuracy.confusion.numpy()  # for the report only
+        day = f"L{NUM_SLOTS}"
+        scores["train_error"] = scores[f"train_error_{day}"]  # whole-day windows
+        scores["train_eval_loss"] = scores[f"train_loss_{day}"]
+        scores["test_loss"] = scores[f"test_loss_{day}"]
+        scores[f"test_accuracy_{day}"] = 1.0 - scores[f"test_error_{day}"]
+        labels = {split: all_windows(getattr(data, split).num_days, S, NUM_SLOTS)[0][:, 1]
+                  for split in ("train", "test")}
+        scores["majority_error"] = majority_error(labels["train"], labels["test"])
+        return scores
+
+    def report(self, config, name, model, data, history, scores, folder) -> Report:
+        lengths = config.eval_lengths
+        figures = {
+            "learning_curves_loss": plots.learning_curves(
+                history, ["train_loss", "val_loss"], folder / "learning_curves_loss.png",
+                title=f"{name}: cross-entropy (val: mixed lengths)"),
+            "learning_curves_error": plots.learning_curves(
+                history, ["val_error"], folder / "learning_curves_error.png",
+                title=f"{name}: validation 0-1 error (mixed lengths)"),
+            "error_vs_length": plots.series_by_x(
+                {split: {L: scores[f"{split}_error_L{L}"] for L in lengths}
+                 for split in ("test", "val", "train")}
+                | {"majority class": {L: scores["majority_error"] for L in lengths}},
+                folder / "error_vs_length.png", xlabel="window length (quarter-hours)",
+                ylabel="0-1 error", title=f"{name}: error against window length"),
         }
-        for row in trained.history
-    ]
-
-    # Final scores: every window of each length (or a seeded sample), on both splits.
-    metrics: dict[str, float] = {}
-    eval_windows: dict[str, dict[int, dict[str, Any]]] = {"train": {}, "test": {}}
-    confusion = None
-    for split, x in (("train", data.train), ("test", data.test)):
-        for length in config.eval_lengths:
-            windows, sampled = all_windows(
-                x.shape[0], spec.stations, length, config.max_eval_windows, config.seed
-            )
-            eval_windows[split][length] = {"windows": len(windows), "sampled": sampled}
-            scores = ClassificationMetrics(spec.stations)
-            result = evaluate(model, _eval_batches(x, windows, length, spec), [scores])
-            metrics[f"{split}_error_L{length}"] = result["error"]
-            metrics[f"{split}_loss_L{length}"] = result["loss"]
-            if split == "test" and length == NUM_SLOTS:
-                confusion = scores.confusion
-    full_day = f"L{NUM_SLOTS}"
-    metrics["train_error"] = metrics[f"train_error_{full_day}"]  # whole-day windows
-    metrics["train_loss"] = metrics[f"train_loss_{full_day}"]
-    metrics["test_loss"] = metrics[f"test_loss_{full_day}"]
-    metrics[f"test_accuracy_{full_day}"] = 1.0 - metrics[f"test_error_{full_day}"]
-    train_labels = all_windows(train_days, spec.stations, NUM_SLOTS)[0][:, 1]
-    test_labels = all_windows(test_days, spec.stations, NUM_SLOTS)[0][:, 1]
-    metrics["majority_error"] = majority_error(train_labels, test_labels)
-
-    figures = _figures(run_dir / "plots", spec, config, history, metrics, confusion)
-    model_config = config_dict(model)
-    return RunResult(
-        task=TASK,
-        name=name,
-        params={
-            "model": model_config,
-            "training": dataclasses.asdict(train_config),
-            "experiment": dataclasses.asdict(config),
-            "data": {"stations": spec.stations, "features": spec.features},
-        },
-        metrics=metrics,
-        headline=HEADLINE,
-        history=history,
-        figures=figures,
-        tags={
-            "model": spec.cell,
-            "dataset": "metro",
-            "data_variant": data.info["variant"],
-            "stations": str(spec.stations),
-            "features": spec.features,
-        },
-        dataset={**data.info, "eval_windows": eval_windows},
-        model_config=model_config,
-        checkpoint=run_dir / LAST,
-        device=str(resolve_device(config.device)),
-        seconds=time.perf_counter() - started,
-    )
+        if data.spec.stations <= 20:  # unreadable beyond that
+            figures["confusion_L73"] = plots.confusion_matrix(
+                scores["confusion"], [str(s) for s in range(data.spec.stations)],
+                folder / "confusion_L73.png", title=f"{name}: test, whole days")
+        return Report(figures=figures)
 
 
-def _figures(folder: Path, spec: Spec, config: Config, history, metrics, confusion):
-    title = spec.name
-    figures = {
-        "learning_curves_loss": plots.learning_curves(
-            history,
-            ["epoch_train_loss", "epoch_test_loss"],
-            folder / "learning_curves_loss.png",
-            title=f"{title}: cross-entropy (test: mixed lengths)",
-        ),
-        "learning_curves_error": plots.learning_curves(
-            history,
-            ["epoch_test_error"],
-            folder / "learning_curves_error.png",
-            title=f"{title}: test 0-1 error (mixed lengths)",
-        ),
-        "error_vs_length": plots.series_by_x(
-            {
-                split: {L: metrics[f"{split}_error_L{L}"] for L in config.eval_lengths}
-                for split in ("test", "train")
-            }
-            | {"majority class": {L: metrics["majority_error"] for L in config.eval_lengths}},
-            folder / "error_vs_length.png",
-            xlabel="window length (quarter-hours)",
-            ylabel="0-1 error",
-            title=f"{title}: error against window length",
-        ),
-    }
-    if confusion is not None and spec.stations <= 20:  # unreadable beyond that
-        figures["confusion_L73"] = plots.confusion_matrix(
-            confusion.numpy(),
-            [str(s) for s in range(spec.stations)],
-            folder / "confusion_L73.png",
-            title=f"{title}: test, whole days",
-        )
-    return figures
+EXPERIMENT = MetroClassification()

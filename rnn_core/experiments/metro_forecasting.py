@@ -5,28 +5,35 @@ window of random start and length (one length per batch, as in the classificatio
 and every step is supervised on all H horizons (`forecast_targets`). Flows are divided by the
 training maxima (the course's normalisation) and MSEs are in those units.
 
-Test scoring uses whole test days (7 days x stations, start 05:30), so every test target is
-scored once per horizon; the baselines are scored on exactly the same targets and mask:
-persistence (x_t for every horizon), the time-of-day profile (mean of all training days at that
-slot and station), and the day-type profile (the same mean over training days of the same type:
-working day, or weekend/holiday), a stronger baseline reported for honesty.
+Splits (rnn_core.experiments.metro_common): train = 1-15 Jan, val = the last `val_days` (3)
+training days, 16-18 Jan, test = 19-25 Jan. After every epoch the model is scored on whole
+validation days (val_mse, val_mse_h<h>: the curves, and the epoch choice with
+`train.select_epoch = "best_val"`). The chosen model then scores whole test days (7 days x
+stations, start 05:30), so every test target is scored once per horizon; the baselines are
+scored on exactly the same targets and mask: persistence (x_t for every horizon), the time-of-day
+profile (mean of the training days at that slot and station), and the day-type profile (the same
+mean over training days of the same type: working day, or weekend/holiday), a stronger baseline
+reported for honesty.
 
 Configurations: "<cell>-<flows>" (flows = in | inout) with only the flows as input, as in the
 course, and "<cell>-<flows>-ctx" with context inputs after the flows (`covariates`, in order):
     station   one-hot station id (the first linear layer makes it an embedding)
     time      time of day: position in the day and its sine/cosine (3 columns)
     offday    1 for weekends and public holidays (calendar fact, known in advance)
-    profile   the day-type profile at t+1..t+H for this station (H x F columns); for a training
-              day it leaves that day out, so the model never sees its own target averaged in
+    profile   the day-type profile at t+1..t+H for this station (H x F columns), from the
+              training days only; for a training day it leaves that day out, so the model never
+              sees its own target averaged in
+
+Metrics (h = 1..H): test_mse, test_mse_h<h> (the model), train_mse[_h<h>] (training days),
+persistence_/profile_/daytype_profile_mse[_h<h>] (baselines, test days), val_mse[_h<h>] (the
+chosen epoch). History (the runner's names): train_loss, val_loss, val_mse, val_mse_h<h>, lr,
+seconds. Figures: mse_by_horizon, learning_curves, example_day (the model's t+1 forecast of the
+busiest station on the first working test day, Mon 21 Jan).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -34,62 +41,57 @@ import torch.nn.functional as F
 
 from rnn_core import plots
 from rnn_core.baselines import persistence_forecast, profile_forecast, time_of_day_profile
-from rnn_core.checkpoints import LAST, seed_everything
-from rnn_core.datasets.bucketing import RandomLengthWindowSampler
-from rnn_core.datasets.metro import NUM_SLOTS, gather_windows
+from rnn_core.config import as_dict, knob
+from rnn_core.datasets.metro import NUM_SLOTS, NUM_STATIONS, gather_windows
 from rnn_core.experiments.metro_common import (
-    EVAL_BATCH,
-    FEATURE_SETS,
+    CELLS,
+    Days,
+    MetroConfig,
+    MetroExperiment,
+    RecurrentBlock,
+    Spec,
     all_windows,
-    load_data,
-    off_days,
+    check_known,
+    chunked,
+    feature_sets,
+    parse_features,
+    product_specs,
     time_features,
     window_slots,
 )
+from rnn_core.experiments.protocol import Report, Splits
 from rnn_core.metrics import ForecastMetrics
-from rnn_core.models import Batch, build_model, config_dict, forecast_targets
-from rnn_core.results import Headline, RunResult
-from rnn_core.training import TrainConfig, evaluate, resolve_device, train
+from rnn_core.models import Batch, ForecasterConfig, forecast_targets
+from rnn_core.results import Headline
+from rnn_core.training import TrainConfig, evaluate
 
-TASK = "metro_forecasting"
-HEADLINE = Headline("test_mse_h1", "min")
 COVARIATES = ("station", "time", "offday", "profile")  # the order they are appended in
 INPUTS = {"flows": "", "context": "-ctx"}  # input set -> configuration name suffix
 
 
 @dataclass
-class Config:
+class Model(RecurrentBlock):
+    """[metro_forecasting.model]: the recurrent stack plus the residual output."""
+
+    residual: bool = True  # predict the change from x_t (persistence + learned correction)
+
+
+@dataclass
+class Config(MetroConfig):
     """Defaults = the `default` profile: one GRU on all 80 stations, in+out flows plus context."""
 
-    cells: list[str] = field(default_factory=lambda: ["gru"])  # rnn | lstm | gru
-    features: list[str] = field(default_factory=lambda: ["in", "inout"])  # flows read, predicted
-    inputs: list[str] = field(default_factory=lambda: ["context"])  # flows | context
-    covariates: list[str] = field(default_factory=lambda: ["time", "offday", "profile"])
-    stations: int = 80  # stations 0..S-1, one shared model
-    horizon: int = 4  # H: each step predicts t+1 .. t+H
-    hidden_size: int = 64
-    num_layers: int = 1
-    backend: str = "fused"  # fused (torch.nn) | scratch (rnn_core.cells loop)
-    residual: bool = True  # predict the change from x_t (persistence + learned correction)
-    min_length: int = 8  # training windows: one length per batch from min..max_length
-    max_length: int = 73
-    batch_size: int = 64
-    batches_per_epoch: int = 100
-    epochs: int = 15
-    lr: float = 3e-3  # Adam
-    lr_decay: float = 0.9  # lr multiplier after each epoch
-    grad_clip: float = 1.0
-    device: str = "auto"  # auto = CUDA when present
-    precision: str = "fp32"  # autocast on CUDA; MSEs near 1e-3 are worth full precision
-    seed: int = 0
-
-
-class Spec(NamedTuple):
-    name: str
-    cell: str
-    features: str
-    columns: list[int]  # flow columns of the last data axis, read and predicted
-    covariates: tuple[str, ...]  # empty for the flows-only input set
+    min_length: int = knob(8, min=2, max=NUM_SLOTS)  # a one-step window has no target
+    cells: list[str] = knob(["gru"], choices=CELLS, nonempty=True)
+    features: list[str] = knob(["in", "inout"], choices=feature_sets(), nonempty=True)  # flows
+    # read and predicted
+    inputs: list[str] = knob(["context"], choices=tuple(INPUTS), nonempty=True)
+    covariates: list[str] = knob(["time", "offday", "profile"], choices=COVARIATES)
+    stations: int = knob(80, min=2, max=NUM_STATIONS)  # stations 0..S-1, one shared model
+    horizon: int = knob(4, min=1, max=NUM_SLOTS - 1)  # H: each step predicts t+1 .. t+H
+    # ~20 s of CPU per configuration; fp32: MSEs near 1e-3 are worth full precision
+    train: TrainConfig = knob(TrainConfig(epochs=15, lr=3e-3, lr_decay=0.9, grad_clip=1.0,
+                                          precision="fp32"))
+    model: Model = knob(Model)
 
 
 class Windows(NamedTuple):
@@ -101,40 +103,22 @@ class Windows(NamedTuple):
     days: torch.Tensor
 
 
-def _specs(config: Config) -> dict[str, Spec]:
-    unknown = set(config.covariates) - set(COVARIATES)
-    if unknown:
-        raise ValueError(f"unknown covariates {sorted(unknown)}: expected some of {COVARIATES}")
-    specs = {}
-    for cell, features, inputs in itertools.product(config.cells, config.features, config.inputs):
-        if features not in FEATURE_SETS or inputs not in INPUTS:
-            raise ValueError(f"unknown features {features!r} or inputs {inputs!r}")
-        name = f"{cell}-{features}{INPUTS[inputs]}"
-        covariates = tuple(c for c in COVARIATES if c in config.covariates and inputs != "flows")
-        specs[name] = Spec(name, cell, features, FEATURE_SETS[features], covariates)
-    return specs
+def day_type_profiles(train: torch.Tensor, off_train: torch.Tensor,
+                      off: torch.Tensor | None = None) -> torch.Tensor:
+    """Expected flows per day from training days of the same type -> D x 73 x S x F.
 
-
-def plan(config: Config) -> list[str]:
-    """Configuration names in training order: cells, then flow sets, then input sets."""
-    return list(_specs(config))
-
-
-def day_type_profiles(train: torch.Tensor, off_train, off_test):
-    """Expected flows per day from training days of the same type -> (train, test) D x 73 x S x 2.
-
-    A training day's profile leaves that day out (or, when it is the only day of its type, uses
-    every other training day), so the input never contains the target it predicts.
+    For other days (`off`: their off-day flags) the mean over the training days of their type.
+    For the training days themselves (`off` None) each leaves itself out (or, when it is the
+    only day of its type, uses every other training day), so the input never contains the
+    target it predicts. A type no training day has falls back to every training day.
     """
-    expected_train, expected_test = [], []
-    for d, off in enumerate(off_train.tolist()):
-        same = [e for e, o in enumerate(off_train.tolist()) if o == off and e != d]
-        others = same or [e for e in range(len(off_train)) if e != d]
-        expected_train.append(train[others].mean(0))
-    for off in off_test.tolist():
-        same = [e for e, o in enumerate(off_train.tolist()) if o == off]
-        expected_test.append(train[same or list(range(len(off_train)))].mean(0))
-    return torch.stack(expected_train), torch.stack(expected_test)
+    flags = off_train.tolist()
+    expected = []
+    for d, o in enumerate(flags if off is None else off.tolist()):
+        skip = d if off is None else -1
+        same = [e for e, f in enumerate(flags) if f == o and e != skip]
+        expected.append(train[same or [e for e in range(len(flags)) if e != skip]].mean(0))
+    return torch.stack(expected)
 
 
 def _at_targets(expected: torch.Tensor, days, slots, stations, horizon: int) -> torch.Tensor:
@@ -170,144 +154,24 @@ def make_windows(x, windows, length: int, spec: Spec, context: dict, horizon: in
     return Windows(Batch(torch.cat(parts, dim=-1), y), slots, stations, days)
 
 
-def num_covariates(spec: Spec, stations: int, horizon: int) -> int:
-    sizes = {"station": stations, "time": 3, "offday": 1, "profile": horizon * len(spec.columns)}
+def num_covariates(spec: Spec, horizon: int) -> int:
+    sizes = {"station": spec.stations, "time": 3, "offday": 1,
+             "profile": horizon * len(spec.columns)}
     return sum(sizes[c] for c in spec.covariates)
 
 
-def run_one(config: Config, name: str, data_dir: Path, work_dir: Path, callbacks=None) -> RunResult:
-    """Train configuration `name`, score it and the baselines on whole test days, plot."""
-    started = time.perf_counter()
-    specs = _specs(config)
-    if name not in specs:
-        raise KeyError(f"{TASK}: unknown configuration {name!r}; planned: {list(specs)}")
-    if config.horizon < 1 or not 1 <= config.min_length <= config.max_length <= NUM_SLOTS:
-        raise ValueError(f"need horizon >= 1 and 1 <= min_length <= max_length <= {NUM_SLOTS}")
-    spec, H, S = specs[name], config.horizon, config.stations
-    run_dir = Path(work_dir) / name
-    data = load_data(Path(data_dir), S)
-    train_days, test_days = data.train.shape[0], data.test.shape[0]
-    off = {"train": off_days("train", train_days), "test": off_days("test", test_days)}
-    expected = dict(
-        zip(("train", "test"), day_type_profiles(data.train, off["train"], off["test"]))
-    )
-    contexts = {
-        split: {"off": off[split], "expected": expected[split][..., spec.columns], "stations": S}
-        for split in ("train", "test")
-    }
+def context(data: Splits, days: Days) -> dict:
+    """The covariates' inputs for one split: off-day flags and the day-type profiles."""
+    off = None if days is data.train else days.off  # training days: leave each one out
+    expected = day_type_profiles(data.train.x, data.train.off, off)
+    return {"off": days.off, "expected": expected[..., data.spec.columns],
+            "stations": data.spec.stations}
 
-    seed_everything(config.seed)  # the initial weights depend on the seed alone
-    model = build_model(
-        {
-            "kind": "forecaster",
-            "cell": spec.cell,
-            "hidden_size": config.hidden_size,
-            "num_layers": config.num_layers,
-            "backend": config.backend,
-            "num_flows": len(spec.columns),
-            "num_covariates": num_covariates(spec, S, H),
-            "horizon": H,
-            "residual": config.residual,
-        }
-    )
-    sampler = RandomLengthWindowSampler(
-        train_days,
-        S,
-        NUM_SLOTS,
-        config.batch_size,
-        range(config.min_length, config.max_length + 1),
-        config.batches_per_epoch,
-        seed=config.seed,
-    )
 
-    def batches(epoch: int):
-        sampler.set_epoch(epoch)
-        for length, windows in sampler:
-            yield make_windows(data.train, windows, length, spec, contexts["train"], H).batch
-
-    def whole_days(split: str, x: torch.Tensor) -> list[Windows]:
-        windows = all_windows(x.shape[0], S, NUM_SLOTS)[0]  # every (day, station), start 0
-        return [
-            make_windows(x, windows[i : i + EVAL_BATCH], NUM_SLOTS, spec, contexts[split], H)
-            for i in range(0, len(windows), EVAL_BATCH)
-        ]
-
-    test, train_eval = whole_days("test", data.test), whole_days("train", data.train)
-    train_config = TrainConfig(
-        epochs=config.epochs,
-        lr=config.lr,
-        lr_decay=config.lr_decay,
-        grad_clip=config.grad_clip,
-        device=config.device,
-        precision=config.precision,
-        seed=config.seed,
-    )
-    trained = train(
-        model,
-        batches,
-        train_config,
-        eval_batches=[w.batch for w in test],
-        callbacks=callbacks,
-        checkpoint_dir=run_dir,
-    )
-    history = [
-        {
-            "epoch": row["epoch"],
-            "epoch_train_loss": row["train_loss"],
-            "epoch_test_mse": row["val_mse"],
-            "epoch_test_mse_h1": row["val_mse_h1"],
-            "lr": row["lr"],
-            "seconds": row["seconds"],
-        }
-        for row in trained.history
-    ]  # the test curve is only watched: no early stopping or selection on it
-
-    # Final scores: the model and every baseline on the same whole-day targets and mask.
-    profile = time_of_day_profile(data.train)[..., spec.columns]  # 73 x S x F
-    predictors = {
-        "persistence": lambda w: persistence_forecast(w.batch.x[..., : len(spec.columns)], H),
-        "profile": lambda w: profile_forecast(profile, w.slots, w.stations, H),
-        "daytype_profile": lambda w: _at_targets(
-            contexts["test"]["expected"], w.days, w.slots, w.stations, H
-        ),
-    }
-    metrics: dict[str, float] = {}
-    for prefix, scores in [
-        ("test", evaluate(model, [w.batch for w in test])),
-        ("train", evaluate(model, [w.batch for w in train_eval])),
-        *[(p, _score(f, test, H)) for p, f in predictors.items()],
-    ]:
-        metrics[f"{prefix}_mse"] = scores["mse"]
-        metrics.update({f"{prefix}_mse_h{h}": scores[f"mse_h{h}"] for h in range(1, H + 1)})
-
-    figures = _figures(run_dir / "plots", spec.name, H, history, metrics, model, test)
-    model_config = config_dict(model)
-    return RunResult(
-        task=TASK,
-        name=name,
-        params={
-            "model": model_config,
-            "training": dataclasses.asdict(train_config),
-            "experiment": dataclasses.asdict(config),
-            "data": {"stations": S, "features": spec.features, "covariates": list(spec.covariates)},
-        },
-        metrics=metrics,
-        headline=HEADLINE,
-        history=history,
-        figures=figures,
-        tags={
-            "model": spec.cell,
-            "dataset": "metro",
-            "data_variant": data.info["variant"],
-            "features": spec.features,
-            "covariates": ",".join(spec.covariates) or "none",
-        },
-        dataset={**data.info, "test_windows": f"{test_days * S} whole days (start 05:30)"},
-        model_config=model_config,
-        checkpoint=run_dir / LAST,
-        device=str(resolve_device(config.device)),
-        seconds=time.perf_counter() - started,
-    )
+def whole_days(days: Days, spec: Spec, ctx: dict, horizon: int) -> list[Windows]:
+    """Every (day, station) from 05:30 to 23:30: each target scored once per horizon."""
+    windows = all_windows(days.num_days, spec.stations, NUM_SLOTS)[0]
+    return chunked(windows, lambda w: make_windows(days.x, w, NUM_SLOTS, spec, ctx, horizon))
 
 
 def _score(predict, windows: list[Windows], horizon: int) -> dict[str, float]:
@@ -318,50 +182,116 @@ def _score(predict, windows: list[Windows], horizon: int) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _figures(folder: Path, title: str, H: int, history, metrics, model, test: list[Windows]):
-    by_horizon = {
-        label: {h: metrics[f"{prefix}_mse_h{h}"] for h in range(1, H + 1)}
-        for label, prefix in [
-            ("model", "test"),
-            ("persistence", "persistence"),
-            ("time-of-day profile", "profile"),
-            ("day-type profile", "daytype_profile"),
-        ]
-    }
-    figures = {
-        "mse_by_horizon": plots.series_by_x(
-            by_horizon,
-            folder / "mse_by_horizon.png",
-            xlabel="horizon (quarter-hours ahead)",
-            ylabel="test MSE (normalised)",
-            title=f"{title}: MSE by horizon",
-            logy=True,
-        ),
-        "learning_curves": plots.learning_curves(
-            history,
-            ["epoch_train_loss", "epoch_test_mse", "epoch_test_mse_h1"],
-            folder / "learning_curves.png",
-            title=f"{title}: MSE per epoch",
-        ),
-    }
-    # One example: the busiest station's inflow on the first test working day, t+1 forecasts.
+def example_day(model, test: list[Windows], days: Days) -> dict | None:
+    """The busiest station's inflow on the first working test day: actual, t+1, persistence."""
+    working = [d for d, off in enumerate(days.off.tolist()) if not off]
     first = test[0]
-    model.eval()
-    device = next(model.parameters()).device
-    pred = model(first.batch.x.to(device))[0].cpu()  # L x B x H x F
-    working = [b for b in range(len(first.days)) if first.days[b] == 2]  # 21 Jan, a Monday
-    if working:
-        b = max(working, key=lambda i: float(first.batch.x[:, i, 0].sum()))
-        hours = (5.5 + (first.slots[:, b].float() + 1) * 0.25).tolist()  # time of the target
-        figures["example_day"] = plots.series_by_x(
-            {
-                "actual": dict(zip(hours[:-1], first.batch.y[:-1, b, 0, 0].tolist())),
-                "model t+1": dict(zip(hours[:-1], pred[:-1, b, 0, 0].tolist())),
-                "persistence": dict(zip(hours[:-1], first.batch.x[:-1, b, 0].tolist())),
-            },
-            folder / "example_day.png",
-            xlabel="hour",
-            ylabel="inflow (normalised)",
-            title=f"{title}: station {int(first.stations[b])}, Mon 21 Jan",
-        )
-    return figures
+    rows = [b for b in range(len(first.days)) if working and first.days[b] == working[0]]
+    if not rows:
+        return None
+    b = max(rows, key=lambda i: float(first.batch.x[:, i, 0].sum()))
+    x = first.batch.x[:, b : b + 1]
+    pred = model(x.to(next(model.parameters()).device))[0].cpu()  # L x 1 x H x F
+    hours = (5.5 + (first.slots[:-1, b].float() + 1) * 0.25).tolist()  # time of the target
+    return {
+        "title": f"station {int(first.stations[b])}, {days.dates[working[0]]:%a %d %b}",
+        "series": {
+            "actual": dict(zip(hours, first.batch.y[:-1, b, 0, 0].tolist())),
+            "model t+1": dict(zip(hours, pred[:-1, 0, 0, 0].tolist())),
+            "persistence": dict(zip(hours, first.batch.x[:-1, b, 0].tolist())),
+        },
+    }
+
+
+class MetroForecasting(MetroExperiment):
+    """Many-to-many forecast of t+1..t+H against persistence and time-of-day baselines."""
+
+    name = "metro_forecasting"
+    Config = Config
+    headline = Headline("test_mse_h1", "min")
+    select_on = ("mse_h1", "min")
+
+    def specs(self, config: Config) -> dict[str, Spec]:
+        """Configuration names in training order: cells, then flow sets, then input sets."""
+        check_known("covariates", config.covariates, COVARIATES)
+        check_known("inputs", config.inputs, tuple(INPUTS))
+
+        def spec(cell: str, features: str, inputs: str) -> Spec:
+            covariates = () if inputs == "flows" else tuple(c for c in COVARIATES
+                                                            if c in config.covariates)
+            return Spec(f"{cell}-{features}{INPUTS[inputs]}", cell, config.stations, features,
+                        parse_features(features)[0], covariates)
+
+        return product_specs(spec, config.cells, config.features, config.inputs)
+
+    def data(self, config: Config, name: str, manifests) -> Splits:
+        data = super().data(config, name, manifests)
+        data.contexts = {"train": context(data, data.train), "val": context(data, data.val)}
+        S = data.spec.stations
+        data.info |= {f"{split}_windows": f"{data.info['days'][split] * S} whole days "
+                      "(start 05:30)" for split in ("val", "test")}
+        return data
+
+    def model_config(self, config: Config, spec: Spec) -> ForecasterConfig:
+        return ForecasterConfig(**as_dict(config.model), cell=spec.cell,
+                                num_flows=len(spec.columns), horizon=config.horizon,
+                                num_covariates=num_covariates(spec, config.horizon))
+
+    def train_batch(self, config: Config, data: Splits, length: int, windows) -> Batch:
+        return make_windows(data.train.x, windows, length, data.spec, data.contexts["train"],
+                            config.horizon).batch
+
+    def val_batches(self, config: Config, data: Splits) -> list[Batch]:
+        """Whole validation days."""
+        return [w.batch for w in whole_days(data.val, data.spec, data.contexts["val"],
+                                            config.horizon)]
+
+    def score(self, config: Config, name: str, model, data: Splits) -> dict:
+        """The model and every baseline on the same whole-day test targets and mask."""
+        spec, H = data.spec, config.horizon
+        test_context = context(data, data.test)
+        test = whole_days(data.test, spec, test_context, H)
+        train = whole_days(data.train, spec, data.contexts["train"], H)
+        profile = time_of_day_profile(data.train.x)[..., spec.columns]  # 73 x S x F
+        predictors = {
+            "persistence": lambda w: persistence_forecast(w.batch.x[..., : len(spec.columns)], H),
+            "profile": lambda w: profile_forecast(profile, w.slots, w.stations, H),
+            "daytype_profile": lambda w: _at_targets(test_context["expected"], w.days, w.slots,
+                                                     w.stations, H),
+        }
+        scores: dict = {}
+        for prefix, result in [
+            ("test", evaluate(model, [w.batch for w in test])),
+            ("train", evaluate(model, [w.batch for w in train])),
+            *[(p, _score(f, test, H)) for p, f in predictors.items()],
+        ]:
+            scores[f"{prefix}_mse"] = result["mse"]
+            scores.update({f"{prefix}_mse_h{h}": result[f"mse_h{h}"] for h in range(1, H + 1)})
+        scores["example_day"] = example_day(model, test, data.test)  # for the report only
+        return scores
+
+    def report(self, config, name, model, data, history, scores, folder) -> Report:
+        H = config.horizon
+        by_horizon = {
+            label: {h: scores[f"{prefix}_mse_h{h}"] for h in range(1, H + 1)}
+            for label, prefix in [("model", "test"), ("persistence", "persistence"),
+                                  ("time-of-day profile", "profile"),
+                                  ("day-type profile", "daytype_profile")]
+        }
+        figures = {
+            "mse_by_horizon": plots.series_by_x(
+                by_horizon, folder / "mse_by_horizon.png", xlabel="horizon (quarter-hours ahead)",
+                ylabel="test MSE (normalised)", title=f"{name}: MSE by horizon", logy=True),
+            "learning_curves": plots.learning_curves(
+                history, ["train_loss", "val_mse", "val_mse_h1"], folder / "learning_curves.png",
+                title=f"{name}: MSE per epoch (val: whole days)"),
+        }
+        example = scores.get("example_day")
+        if example:
+            figures["example_day"] = plots.series_by_x(
+                example["series"], folder / "example_day.png", xlabel="hour",
+                ylabel="inflow (normalised)", title=f"{name}: {example['title']}")
+        return Report(figures=figures)
+
+
+EXPERIMENT = MetroForecasting()
