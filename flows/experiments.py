@@ -12,21 +12,17 @@ its flow from `experiment_flow(name)`.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import Flow, flow
 from prefect.runtime import flow_run
 
+from flows.grid import train_grid
 from flows.prepare import prepare_data
 from flows.profiles import load_profile
 from flows.settings import DATA_DIR, WORK_DIR
 from rnn_core import experiments
-from tasks import tracking
 from tasks.tracking import SummaryRow
-from tasks.experiments import log_result
-from tasks.tracking.compare import finished_child, run_row
-from tasks.training import train_configuration
 
 
 def run_tracked(name: str, config: Any, profile: str, manifests: dict[str, dict] | None,
@@ -39,29 +35,9 @@ def run_tracked(name: str, config: Any, profile: str, manifests: dict[str, dict]
     if manifests is None:
         manifests = prepare_data(datasets=exp.needs(config), data_dir=data_dir)
     pipeline_id = pipeline_id or str(flow_run.id or "local")
-    client = tracking.configure(tracking_uri)
-    # Stable across retries of the same flow run, so a crashed training resumes from here.
-    run_dir = Path(work_dir) / pipeline_id / name
-    parent = tracking.start_parent_run(client, name, profile, pipeline_id, {"config": config})
-    tags = tracking.pipeline_tags(profile, pipeline_id)
-    rows, results = [], []
-    try:
-        for config_name in exp.plan(config):
-            logged = finished_child(client, name, pipeline_id, config_name)
-            if logged is not None:  # an earlier attempt of this flow run finished and logged it
-                rows.append(run_row(logged))
-                continue
-            result = train_configuration(name, config, config_name, manifests, str(run_dir))
-            results.append(result)
-            rows.append(log_result(result, parent, client.tracking_uri, tags))
-        if results:
-            report = exp.summarise(config, results, run_dir / "summary")
-            tracking.log_report(client, parent, report.figures, report.texts)
-    except BaseException:
-        tracking.finish_parent_run(client, parent, status="FAILED")
-        raise
-    tracking.finish_parent_run(client, parent, rows=rows)
-    return rows
+    rows = train_grid(configs={name: config}, profile=profile, manifests=manifests,
+                      work_dir=work_dir, tracking_uri=tracking_uri, pipeline_id=pipeline_id)
+    return rows[name]
 
 
 _FLOWS: dict[str, Flow] = {}

@@ -3,10 +3,12 @@ each experiment on the prepared manifests, tracked in MLflow."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.experiments import experiment_flow
+from flows.grid import train_grid
 from flows.prepare import ALL_DATASETS, prepare_data
 from flows.profiles import load_profile
 from flows.settings import DATA_DIR, WORK_DIR
@@ -21,7 +23,12 @@ def datasets_needed(names: list[str], configs: dict) -> list[str]:
     return [d for d in ALL_DATASETS if d in needed] + sorted(needed - set(ALL_DATASETS))
 
 
-@flow(name="rnnflow-pipeline", flow_run_name="pipeline-{profile}")
+def run_name() -> str:
+    """Flow runs named after their profile: pipeline-default, pipeline-smoke, pipeline-mine."""
+    return f"pipeline-{Path(str(flow_run.parameters.get('profile', 'default'))).stem}"
+
+
+@flow(name="rnnflow-pipeline", flow_run_name=run_name)
 def pipeline(
     profile: str = "default",
     data_dir: str = DATA_DIR,
@@ -36,18 +43,9 @@ def pipeline(
     manifests = prepare_data(datasets=datasets_needed(names, configs), data_dir=data_dir,
                              **chosen.data)
     pipeline_id = str(flow_run.id or "local")
-    results = {}
-    for name in names:
-        needs = experiments.get(name).needs(configs[name])
-        results[name] = experiment_flow(name)(
-            config=configs[name],
-            profile=chosen.name,
-            manifests={d: manifests[d] for d in needs},
-            data_dir=data_dir,
-            work_dir=work_dir,
-            tracking_uri=tracking_uri,
-            pipeline_id=pipeline_id,
-        )
+    # Every configuration of every experiment is one task of the grid (one flow run).
+    results = train_grid(configs=configs, profile=chosen.name, manifests=manifests,
+                         work_dir=work_dir, tracking_uri=tracking_uri, pipeline_id=pipeline_id)
     # One run in rnnflow/pipeline with the table across every task of this pipeline run.
     rows = [row for task_rows in results.values() for row in task_rows]
     log_pipeline_summary(rows, pipeline_id, chosen.name, tracking_uri)

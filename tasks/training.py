@@ -1,7 +1,9 @@
-"""The Prefect task around the one runner: train and score one configuration of one experiment.
+"""The Prefect task of one configuration: train and score it with the one runner, then log it.
 
-Training is neither cached (its input is a model to be trained) nor retried by Prefect: a crash
-is resumed from the configuration's last checkpoint when the flow run is run again.
+One task per configuration, so a task runner (serial, or Dask workers) can train several at
+once and the Prefect UI shows one task run per configuration. Training is neither cached (its
+input is a model to be trained) nor retried here: a crash resumes from the configuration's last
+checkpoint when the task or flow run runs again. Logging (a nested task) retries on its own.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from prefect.logging import get_run_logger
 
 from rnn_core.experiments.runner import run_configuration
 from rnn_core.results import RunResult
+from tasks.experiments import log_result
 from tasks.progress import PrefectProgress
+from tasks.tracking import SummaryRow
 
 
 @task(
@@ -22,9 +26,12 @@ from tasks.progress import PrefectProgress
     persist_result=False,
 )
 def train_configuration(
-    experiment: str, config, config_name: str, manifests: dict[str, dict], work_dir: str
-) -> RunResult:
-    """Train and evaluate one configuration (resumes from its checkpoint under work_dir)."""
+    experiment: str, config, config_name: str, manifests: dict[str, dict], work_dir: str,
+    parent_run_id: str, tracking_uri: str, tags: dict[str, str],
+) -> tuple[SummaryRow, RunResult]:
+    """Train and evaluate one configuration (resuming from work_dir), log it as a child run of
+    `parent_run_id`; returns its summary row and the result."""
     progress = PrefectProgress(f"{experiment}/{config_name}", get_run_logger())
-    return run_configuration(experiment, config, config_name, manifests, work_dir,
-                             callbacks=[progress])
+    result = run_configuration(experiment, config, config_name, manifests, work_dir,
+                               callbacks=[progress])
+    return log_result(result, parent_run_id, tracking_uri, tags), result

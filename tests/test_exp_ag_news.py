@@ -10,7 +10,7 @@ import torch
 from flows.profiles import ProfileError, build_config, experiment_config, load_profile
 from rnn_core.checkpoints import load_checkpoint
 from rnn_core.experiments import ag_news as exp
-from rnn_core.experiments.runner import BEST, run_configuration
+from rnn_core.experiments.runner import BEST, MODEL, run_configuration
 from rnn_core.models import build_model
 from rnn_core.training import evaluate
 
@@ -129,10 +129,11 @@ def test_smoke_run(name, ag_manifests, tmp_path):
 
 def test_best_val_epoch_is_the_one_scored(ag_manifests, tmp_path):
     train = dataclasses.replace(SMOKE.train, epochs=2, select_epoch="best_val")
-    config = dataclasses.replace(SMOKE, train=train, max_train_rows=300)
+    config = dataclasses.replace(SMOKE, train=train, max_train_rows=300, models=["lstm8"])
     result = run_configuration("ag_news", config, "lstm8", ag_manifests, tmp_path)
     val = [row["val_accuracy"] for row in result.history]
     chosen = int(result.metrics["chosen_epoch"])
     assert val[chosen] == max(val) and result.metrics["val_accuracy"] == max(val)
-    assert result.checkpoint.name == BEST
-    assert load_checkpoint(result.checkpoint)["epoch"] == chosen
+    assert result.checkpoint.name == MODEL and (tmp_path / "lstm8" / BEST).exists()
+    saved = load_checkpoint(result.checkpoint)
+    assert saved["epoch"] == chosen and "optimizer_state" not in saved

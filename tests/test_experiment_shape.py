@@ -4,6 +4,7 @@ params and the checkpoint unchanged; `only` prepares only the datasets the exper
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,6 @@ from rnn_core import experiments
 from rnn_core.checkpoints import load_checkpoint
 from rnn_core.config import as_dict, knob
 from rnn_core.datasets.metro import load_metro
-from rnn_core.experiments.metro_common import off_days
 from rnn_core.experiments.protocol import Batches, Experiment, SealedSplitError, Splits
 from rnn_core.experiments.runner import check_history, run_configuration
 from rnn_core.models import Batch, ClassifierConfig, build_model
@@ -39,6 +39,12 @@ class OffDayConfig:
     model: OffDayModel = knob(OffDayModel)
 
 
+def off_days(first: dt.date, n: int) -> torch.Tensor:
+    """1.0 for Saturdays, Sundays and 1 January, per day from `first`."""
+    days = [first + dt.timedelta(days=d) for d in range(n)]
+    return torch.tensor([float(d.weekday() >= 5 or (d.month, d.day) == (1, 1)) for d in days])
+
+
 def _days(x: torch.Tensor, off: torch.Tensor) -> Batch:
     """D x 73 x S x 2 flows -> one sequence per (day, station): 73 x (D*S) x 2, label off-day."""
     days, slots, stations, _ = x.shape
@@ -60,10 +66,11 @@ class OffDay(Experiment):
     def data(self, config, name, manifests):
         train = torch.from_numpy(load_metro(manifests["metro"].path("train.parquet")))[:, :, :10]
         test = torch.from_numpy(load_metro(manifests["metro"].path("test.parquet")))[:, :, :10]
-        off = off_days("train", len(train))
+        off = off_days(dt.date(2019, 1, 1), len(train))  # the dataset's calendar
         cut = len(train) - config.val_days
         return Splits(_days(train[:cut], off[:cut]), _days(train[cut:], off[cut:]),
-                      _days(test, off_days("test", len(test))), {"variant": "full"})
+                      _days(test, off_days(dt.date(2019, 1, 19), len(test))),
+                      {"variant": "full"})
 
     def model(self, config, name, data):
         return build_model({"kind": "classifier", **as_dict(ClassifierConfig(
@@ -121,7 +128,7 @@ def test_sixth_experiment_runs_through_the_pipeline_into_mlflow(
     saved = load_checkpoint(ckpt)
     assert saved["meta"]["config"]["model"]["hidden_size"] == 7
     assert saved["config"]["hidden_size"] == 7
-    assert saved["model_state"]["recurrent.weight_hh_l0"].shape[1] == 7
+    assert saved["model_state"]["rnn.weight_hh_l0"].shape[1] == 7
     history = json.loads(Path(client.download_artifacts(child.info.run_id, "history.json"))
                          .read_text())
     assert len(history) == 2 and not any(k.startswith("test_") for r in history for k in r)

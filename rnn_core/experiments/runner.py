@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from rnn_core import experiments
-from rnn_core.checkpoints import LAST, load_checkpoint, save_checkpoint, seed_everything
+from rnn_core.checkpoints import load_checkpoint, save_checkpoint, seed_everything
 from rnn_core.config import as_dict
 from rnn_core.datasets.manifest import DatasetManifest, as_manifests
 from rnn_core.experiments.protocol import Experiment
@@ -32,6 +32,7 @@ from rnn_core.results import RunResult
 from rnn_core.training import as_callbacks, resolve_device, train
 
 BEST = "best.pt"  # the best-validation weights, beside training's last.pt
+MODEL = "model.pt"  # the scored weights and model config only: what the model artefact copies
 
 
 class KeepBest:
@@ -140,6 +141,13 @@ def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetMa
         if key.startswith("val_"):
             metrics.setdefault(key, float(value))  # the validation figures of the chosen epoch
 
+    # The registered model needs weights and config, not Adam's moments or the RNG states
+    # that last.pt keeps for resuming (twice the size for Adam).
+    weights = save_checkpoint(run_dir / MODEL, {
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config_dict(model), "epoch": chosen,
+        "meta": {"experiment": exp.name, "configuration": name, "config": as_dict(config)}})
+
     # -- report -----------------------------------------------------------------------------------
     report = exp.report(config, name, model, data, history, {**scores, **metrics},
                         run_dir / "plots")
@@ -155,7 +163,7 @@ def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetMa
         tags=exp.tags(config, name, data),
         dataset=data.info,
         model_config=config_dict(model),
-        checkpoint=checkpoint if checkpoint.exists() else run_dir / LAST,
+        checkpoint=Path(weights),
         device=str(resolve_device(tc.device)),
         seconds=time.perf_counter() - started,
         diagnostic=exp.diagnostic,

@@ -1,0 +1,84 @@
+"""The grid: every configuration of the chosen experiments, one task each, on the flow's task
+runner, tracked in MLflow (a parent run per experiment, a child run per configuration).
+
+    rows = train_grid(configs={"ag_news": cfg}, profile="smoke", manifests=..., ...)
+
+The runner is chosen by the caller (`train_grid.with_options(task_runner=...)`): serial by
+default (one configuration at a time, as the cores are shared). A configuration that fails
+fails its own task; the others still finish and are logged, then the grid fails naming it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from rnn_core import experiments
+from tasks import tracking
+from tasks.tracking import SummaryRow
+from tasks.tracking.compare import finished_child, run_row
+from tasks.training import train_configuration
+
+
+@flow(name="rnnflow-grid", flow_run_name="grid-{profile}",
+      task_runner=ThreadPoolTaskRunner(max_workers=1))
+def train_grid(configs: dict[str, Any], profile: str, manifests: dict[str, dict],
+               work_dir: str, tracking_uri: str | None, pipeline_id: str) -> dict[str, list]:
+    """Train every planned configuration of each experiment in `configs`; rows per experiment."""
+    client = tracking.configure(tracking_uri)
+    tags = tracking.pipeline_tags(profile, pipeline_id)
+    parents: dict[str, str] = {}
+    rows: dict[str, list[SummaryRow]] = {name: [] for name in configs}
+    pending: list[tuple[str, str, PrefectFuture]] = []
+    try:
+        for name, config in configs.items():
+            exp = experiments.get(name)
+            parents[name] = tracking.start_parent_run(client, name, profile, pipeline_id,
+                                                      {"config": config})
+            # Stable across retries of the same flow run, so a crashed training resumes here.
+            run_dir = str(Path(work_dir) / pipeline_id / name)
+            needs = {d: manifests[d] for d in exp.needs(config)}
+            for config_name in exp.plan(config):
+                logged = finished_child(client, name, pipeline_id, config_name)
+                if logged is not None:  # an earlier attempt of this flow run logged it
+                    rows[name].append(run_row(logged))
+                    continue
+                pending.append((name, config_name, train_configuration.submit(
+                    name, config, config_name, needs, run_dir, parents[name],
+                    client.tracking_uri, tags)))
+        failed, results = _gather(pending, rows)
+        for name, config in configs.items():
+            if results[name]:
+                report = experiments.get(name).summarise(
+                    config, results[name], Path(work_dir) / pipeline_id / name / "summary")
+                tracking.log_report(client, parents[name], report.figures, report.texts)
+            status = "FAILED" if any(n == name for n, _, _ in failed) else "FINISHED"
+            tracking.finish_parent_run(client, parents.pop(name), status=status,
+                                       rows=rows[name])
+    except BaseException:
+        for parent in parents.values():
+            tracking.finish_parent_run(client, parent, status="FAILED")
+        raise
+    if failed:
+        names = ", ".join(f"{n}/{c} ({type(e).__name__}: {e})" for n, c, e in failed)
+        raise RuntimeError(f"{len(failed)} configuration(s) failed: {names}")
+    return rows
+
+
+def _gather(pending, rows):
+    """Wait for every submitted configuration; failures are collected, not raised at once."""
+    failed: list[tuple[str, str, BaseException]] = []
+    results: dict[str, list] = {name: [] for name in rows}
+    for name, config_name, future in pending:
+        try:
+            row, result = future.result()
+        except Exception as err:  # noqa: BLE001  (its own task run is Failed; the others go on)
+            failed.append((name, config_name, err))
+            continue
+        rows[name].append(row)
+        results[name].append(result)
+    return failed, results
