@@ -37,6 +37,7 @@ METRICS = {
     "bigram_minus_model_nats",
     "train_nats_per_char",
     "chosen_epoch",  # the runner's, with the chosen epoch's validation figures
+    "resumed_from_epoch",
     "val_loss",
     "val_nats",
     "val_bits_per_char",
@@ -253,6 +254,7 @@ def test_run_smoke(manifests, tmp_path, name):
     # A rerun resumes from the finished checkpoint: nothing retrained, the same scores.
     again = run_configuration("char_generation", config, name, m, tmp_path)
     assert again.metrics["test_nats_per_char"] == r["test_nats_per_char"]
+    assert (r["resumed_from_epoch"], again.metrics["resumed_from_epoch"]) == (0, 1)
     assert again.history == result.history and again.texts == result.texts
 
 
@@ -265,4 +267,6 @@ def test_best_val_scores_the_epoch_with_the_lowest_val_nats(manifests, tmp_path)
     vals = [row["val_nats"] for row in result.history]
     chosen = int(result.metrics["chosen_epoch"])
     assert chosen == vals.index(min(vals)) and result.metrics["val_nats"] == min(vals)
-    assert result.checkpoint.name == "best.pt"
+    scored = load_checkpoint(result.checkpoint)["model_state"]  # the chosen epoch's weights
+    best = load_checkpoint(tmp_path / "trump-lstm" / "best.pt")["model_state"]
+    assert all(torch.equal(scored[k], best[k]) for k in best)

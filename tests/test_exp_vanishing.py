@@ -22,7 +22,9 @@ EXP = vg.EXPERIMENT
 METRICS = {
     "grad_norm_ratio_d50", "init_grad_norm_ratio_d50", "vanish_distance",
     "init_vanish_distance", "test_nats_per_char",
-    "chosen_epoch", "val_loss", "val_nats", "val_bits_per_char", "val_perplexity",  # runner's
+    # the runner's: epoch choice, resume, the chosen epoch's validation figures
+    "chosen_epoch", "resumed_from_epoch", "val_loss", "val_nats", "val_bits_per_char",
+    "val_perplexity",
 }
 
 
@@ -163,6 +165,14 @@ def test_run_smoke(manifests, tmp_path):
         assert spans["train"][1] == spans["val"][0] and spans["val"][1] == spans["test"][0]
         assert data.info["val_chars_scored"] == 2000 - 2000 % config.eval_streams \
             - config.eval_streams
+
+    # A rerun resumes from the finished checkpoint, and still measures the initial weights at
+    # init (rebuilt from the seed, not read from the resumed model).
+    again = run_configuration("vanishing_gradients", config, "rnn", m, tmp_path)
+    assert again.metrics.pop("resumed_from_epoch") == config.train.epochs
+    first = dict(results[0].metrics)
+    assert first.pop("resumed_from_epoch") == 0 and again.metrics == first
+    assert again.texts == results[0].texts
 
     # The cross-model summary: every model's init and trained curves on one figure, per stage
     # too, and the combined CSV (from the results' own CSVs, in the configured order).

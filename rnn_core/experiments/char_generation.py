@@ -32,9 +32,6 @@ val_nats, val_bits_per_char, val_perplexity, lr, seconds. Texts: "samples.txt" (
 at each temperature, from the corpus' prompt and from an empty state). Figure: learning_curves.
 """
 
-# knob() returns a dataclasses.field (RUF009 does not know it; see rnn_core.config)
-# ruff: noqa: RUF009
-
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -185,8 +182,8 @@ class CharGeneration(Experiment):
         }
 
     def report(self, config, name, model, data, history, scores, folder) -> Report:
-        title = (f"{name}: nats per char (test: model {scores['test_nats_per_char']:.2f}, "
-                 f"bigram {scores['bigram_nats_per_char']:.2f}, "
+        title = (f"{name}: nats per char\ntest {scores['test_nats_per_char']:.3f} "
+                 f"(bigram {scores['bigram_nats_per_char']:.2f}, "
                  f"unigram {scores['unigram_nats_per_char']:.2f})")
         return Report(
             figures={"learning_curves": plots.learning_curves(

@@ -31,9 +31,6 @@ raw norms by distance: distance,init,trained). `summarise` draws every model tog
 grad_norms.csv (distance,<model>_init,<model>_trained,...), from the configurations' CSVs.
 """
 
-# knob() returns a dataclasses.field (RUF009 does not know it; see rnn_core.config)
-# ruff: noqa: RUF009
-
 from __future__ import annotations
 
 import io
