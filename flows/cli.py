@@ -83,6 +83,11 @@ def run(
     data_dir: str = typer.Option(DATA_DIR, help="raw downloads and processed Parquet"),
     work_dir: str = typer.Option(WORK_DIR, help="checkpoints, per pipeline run"),
     tracking_uri: str = typer.Option(None, help="MLflow store (default: mlruns/mlflow.db)"),
+    workers: int = typer.Option(
+        0, help="train this many configurations at once on a local Dask cluster (0 or 1: one "
+        "at a time in this process)", min=0),
+    cluster: str = typer.Option(
+        None, help="an existing Dask scheduler, tcp://HOST:PORT (started with `dask scheduler`)"),
 ):
     """Prepare the data, then train and evaluate every experiment of a profile."""
     import sys
@@ -92,10 +97,13 @@ def run(
     from rich.table import Table
 
     from flows.profiles import ProfileError, load_profile
+    from flows.runners import ClusterUnreachable, check_scheduler
 
-    try:  # the whole profile, before Prefect starts or any data is touched
+    try:  # the whole profile and the cluster, before Prefect starts or any data is touched
         load_profile(profile, only=only or None)
-    except ProfileError as err:
+        if cluster:
+            check_scheduler(cluster)
+    except (ProfileError, ClusterUnreachable) as err:
         typer.echo(f"rnnflow run: {err}", err=True)
         raise typer.Exit(2) from None
 
@@ -104,7 +112,7 @@ def run(
     started = time.perf_counter()
     results = pipeline(
         profile=profile, data_dir=data_dir, work_dir=work_dir, tracking_uri=tracking_uri,
-        only=only or None,
+        only=only or None, workers=workers, cluster=cluster,
     )
     table = Table(title=f"rnnflow pipeline, profile {profile}")
     for column in ("experiment", "configuration", "headline", "value", "seconds", "device"):

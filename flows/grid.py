@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import gpu_annotation
 from rnn_core import experiments
 from tasks import tracking
+from tasks.experiments import challenge_champion
 from tasks.tracking import SummaryRow
 from tasks.tracking.compare import finished_child, run_row
 from tasks.training import train_configuration
@@ -47,12 +50,21 @@ def train_grid(configs: dict[str, Any], profile: str, manifests: dict[str, dict]
                 if logged is not None:  # an earlier attempt of this flow run logged it
                     rows[name].append(run_row(logged))
                     continue
-                pending.append((name, config_name, train_configuration.submit(
-                    name, config, config_name, needs, run_dir, parents[name],
-                    client.tracking_uri, tags)))
-        failed, results = _gather(pending, rows)
+                with gpu_annotation(FlowRunContext.get().task_runner):
+                    # The experiment itself travels to the worker (a plugin or test-only one is
+                    # not in a worker's registry); built-ins pickle by reference.
+                    future = train_configuration.submit(
+                        exp, config, config_name, needs, run_dir, parents[name],
+                        client.tracking_uri, tags)
+                pending.append((name, config_name, future))
+        failed, trained = _gather(pending)
+        # Champion decisions one at a time, here in the flow (not on parallel workers).
+        for name, pairs in trained.items():
+            rows[name] += [challenge_champion(row, result, client.tracking_uri)
+                           for row, result in pairs]
+        results = {name: [result for _, result in pairs] for name, pairs in trained.items()}
         for name, config in configs.items():
-            if results[name]:
+            if results.get(name):
                 report = experiments.get(name).summarise(
                     config, results[name], Path(work_dir) / pipeline_id / name / "summary")
                 tracking.log_report(client, parents[name], report.figures, report.texts)
@@ -69,16 +81,15 @@ def train_grid(configs: dict[str, Any], profile: str, manifests: dict[str, dict]
     return rows
 
 
-def _gather(pending, rows):
-    """Wait for every submitted configuration; failures are collected, not raised at once."""
+def _gather(pending):
+    """Wait for every submitted configuration -> (failures, {experiment: [(row, result)]});
+    failures are collected, not raised at once."""
     failed: list[tuple[str, str, BaseException]] = []
-    results: dict[str, list] = {name: [] for name in rows}
+    trained: dict[str, list] = {}
     for name, config_name, future in pending:
+        trained.setdefault(name, [])
         try:
-            row, result = future.result()
+            trained[name].append(future.result())
         except Exception as err:  # noqa: BLE001  (its own task run is Failed; the others go on)
             failed.append((name, config_name, err))
-            continue
-        rows[name].append(row)
-        results[name].append(result)
-    return failed, results
+    return failed, trained

@@ -11,8 +11,10 @@ from prefect.runtime import flow_run
 from flows.grid import train_grid
 from flows.prepare import ALL_DATASETS, prepare_data
 from flows.profiles import load_profile
+from flows.runners import shared_tracking, task_runner, uses_dask
 from flows.settings import DATA_DIR, WORK_DIR
 from rnn_core import experiments
+from tasks import tracking
 from tasks.experiments import log_pipeline_summary
 from tasks.tracking import SummaryRow
 
@@ -35,17 +37,30 @@ def pipeline(
     work_dir: str = WORK_DIR,
     tracking_uri: str | None = None,
     only: list[str] | None = None,
+    workers: int = 0,
+    cluster: str | None = None,
 ) -> dict[str, list[SummaryRow]]:
-    """Prepare data, then train and evaluate each experiment of `profile` (or only those named)."""
+    """Prepare data, then train and evaluate each experiment of `profile` (or only those named).
+
+    `workers` > 1 trains that many configurations at once on a local Dask cluster; `cluster`
+    (tcp://HOST:PORT) uses an existing Dask scheduler instead; neither = one at a time here.
+    """
     chosen = load_profile(profile, only=only)  # the whole profile is checked before any work
     names = list(only or chosen.experiments)
     configs = {name: chosen.config(name) for name in names}
     manifests = prepare_data(datasets=datasets_needed(names, configs), data_dir=data_dir,
                              **chosen.data)
     pipeline_id = str(flow_run.id or "local")
-    # Every configuration of every experiment is one task of the grid (one flow run).
-    results = train_grid(configs=configs, profile=chosen.name, manifests=manifests,
-                         work_dir=work_dir, tracking_uri=tracking_uri, pipeline_id=pipeline_id)
+    runner = task_runner(workers, cluster)  # a scheduler that cannot be reached fails here
+    # Absolute, so a worker (or a task retried on another worker) finds the same checkpoints.
+    work_dir = str(Path(work_dir).resolve())
+    uri = tracking_uri or tracking.default_tracking_uri()
+    log_dir = Path(work_dir) / pipeline_id / "logs"
+    with shared_tracking(uri, log_dir, many_writers=uses_dask(workers, cluster)) as uri:
+        # Every configuration of every experiment is one task of the grid (one flow run).
+        results = train_grid.with_options(task_runner=runner)(
+            configs=configs, profile=chosen.name, manifests=manifests, work_dir=work_dir,
+            tracking_uri=uri, pipeline_id=pipeline_id)
     # One run in rnnflow/pipeline with the table across every task of this pipeline run.
     rows = [row for task_rows in results.values() for row in task_rows]
     log_pipeline_summary(rows, pipeline_id, chosen.name, tracking_uri)

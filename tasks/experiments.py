@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from prefect import task
@@ -29,24 +30,33 @@ def _logger():
       retry_delay_seconds=[2, 10])
 def log_result(result: RunResult, parent_run_id: str, tracking_uri: str,
                tags: dict[str, str]) -> SummaryRow:
-    """Log one result as a child run; returns its summary row (run id, headline, version).
+    """Log one result as a child run (model registered); returns its summary row.
 
-    `tags` are the pipeline's (`tracking.pipeline_tags(profile, pipeline_id)`).
+    `tags` are the pipeline's (`tracking.pipeline_tags(profile, pipeline_id)`). The champion is
+    challenged later, by `challenge_champion` in the flow, one decision at a time.
     """
     client = tracking.configure(tracking_uri)
     run_id, version = tracking.log_result(client, result, parent_run_id, extra_tags=tags)
-    outcome = ""
-    # The new version challenges the champion (tasks/tracking/champion); a diagnostic's
-    # headline (the gradient study's ratios) is not a model score and never moves one.
-    if version is not None and not result.diagnostic:
-        decision = champion.challenge_result(
-            client, result, run_id, tracking.registered_name(result), version,
-            profile=tags.get(PROFILE_TAG),
-        )
-        _logger().info("%s v%s: %s", decision.model, version, decision.reason)
-        outcome = decision.outcome
-    return SummaryRow.from_result(result, run_id, version, profile=tags.get(PROFILE_TAG, ""),
-                                  champion=outcome)
+    return SummaryRow.from_result(result, run_id, version, profile=tags.get(PROFILE_TAG, ""))
+
+
+@task(name="challenge-champion", cache_policy=NO_CACHE, persist_result=False, retries=2,
+      retry_delay_seconds=[2, 10])
+def challenge_champion(row: SummaryRow, result: RunResult, tracking_uri: str) -> SummaryRow:
+    """The row's new model version challenges its champion; returns the row with the outcome.
+
+    Called from the flow for one row at a time, never from parallel workers: two challengers of
+    one registered model must not move its alias at once.
+    """
+    # A diagnostic's headline (the gradient study's ratios) is not a model score: never gates.
+    if row.model_version is None or result.diagnostic:
+        return row
+    client = tracking.configure(tracking_uri)
+    decision = champion.challenge_result(
+        client, result, row.run_id, tracking.registered_name(result), row.model_version,
+        profile=row.profile or None)
+    _logger().info("%s v%s: %s", decision.model, row.model_version, decision.reason)
+    return dataclasses.replace(row, champion=decision.outcome)
 
 
 @task(name="log-pipeline-summary", cache_policy=NO_CACHE, persist_result=False, retries=2,

@@ -109,6 +109,9 @@ class Experiment:
     # and never moves a champion.
     diagnostic: ClassVar[bool] = False
 
+    def __str__(self) -> str:  # task run names ("train-{experiment}-...") show the name
+        return self.name
+
     @property
     def title(self) -> str:
         """One line for the flow's description: the subclass docstring's first line."""

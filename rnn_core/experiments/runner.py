@@ -117,7 +117,9 @@ def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetMa
         checkpoint_dir=run_dir,
         checkpoint_meta={"experiment": exp.name, "configuration": name, "config": as_dict(config)},
     )
-    history = [dict(row) for row in trained.history]
+    # Per-class accuracies stay out of the per-epoch series (80 stations would be 80 curves per
+    # epoch in MLflow); the chosen epoch's validation figures below keep them.
+    history = [{k: v for k, v in row.items() if "_class_" not in k} for row in trained.history]
     check_history(history, f"{exp.name}/{name}")
 
     # -- epoch choice: the chosen epoch's weights are the ones scored and registered ------------
@@ -137,7 +139,7 @@ def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetMa
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     metrics["chosen_epoch"] = float(chosen)
     metrics["resumed_from_epoch"] = float(trained.resumed_from)  # 0 = trained from scratch
-    for key, value in history[chosen].items():
+    for key, value in trained.history[chosen].items():
         if key.startswith("val_"):
             metrics.setdefault(key, float(value))  # the validation figures of the chosen epoch
 
