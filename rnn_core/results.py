@@ -49,6 +49,9 @@ class RunResult:
     device: str = "cpu"
     seconds: float = 0.0
     diagnostic: bool = False  # a study's measurement, not a model score: never gates a champion
+    # What a served model needs to take raw input (Experiment.serving; see rnn_core.serving):
+    # JSON values and arrays; {} = the model takes tensors.
+    serving: dict[str, Any] = field(default_factory=dict)
 
     @property
     def headline_value(self) -> float:

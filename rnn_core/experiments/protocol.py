@@ -147,6 +147,14 @@ class Experiment:
         e.g. the gradient study's three cells on one plot. `results`: the RunResults."""
         return Report()
 
+    def serving(self, config: Any, name: str, data: Splits) -> dict[str, Any]:
+        """Optional: the serving spec of this configuration's model, i.e. what a served model
+        needs to turn raw input into model input and back (vocabulary, normalisation maxima,
+        station count, covariate recipe), built with the helpers of `rnn_core.serving`
+        (e.g. `text_classifier_spec`). The runner puts it in `RunResult.serving`; the tracker
+        ships it inside the logged model. Default: {} (the model takes tensors)."""
+        return {}
+
     def tags(self, config: Any, name: str, data: Splits) -> dict[str, str]:
         """Run tags; the data variant comes from the data phase's info."""
         return {"model": name, "dataset": ",".join(self.needs(config)),

@@ -169,4 +169,5 @@ def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetMa
         device=str(resolve_device(tc.device)),
         seconds=time.perf_counter() - started,
         diagnostic=exp.diagnostic,
+        serving=exp.serving(config, name, data),  # raw input -> model input (rnn_core.serving)
     )
