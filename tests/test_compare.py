@@ -15,7 +15,7 @@ from flows.cli import app
 from rnn_core.models import build_model, config_dict
 from rnn_core.results import Headline, RunResult
 from tasks import tracking
-from tasks.experiments import log_result
+from tasks.experiments import challenge_champion, log_result
 from tasks.tracking import compare, names
 
 pytestmark = pytest.mark.slow  # one SQLite store per module: ~8 s of MLflow migrations
@@ -54,10 +54,13 @@ def store(tmp_path_factory):
     ]
     rows_by_task = {}
     for task, configs in plan:
-        parent = tracking.start_parent_run(client, task, "smoke", "pipe-A", {})
-        rows = [log_result.fn(_result(tmp, task, name, metrics, headline), parent, uri,
-                              tracking.pipeline_tags("smoke", "pipe-A"))
-                for name, metrics, headline in configs]
+        # Not the smoke profile: smoke-scoped versions register under their own -smoke names.
+        parent = tracking.start_parent_run(client, task, "nightly", "pipe-A", {})
+        rows = []
+        for name, metrics, headline in configs:  # logged, then challenged, as the grid does
+            result = _result(tmp, task, name, metrics, headline)
+            row = log_result.fn(result, parent, uri, tracking.pipeline_tags("nightly", "pipe-A"))
+            rows.append(challenge_champion.fn(row, result, uri))
         tracking.finish_parent_run(client, parent, rows=rows)
         rows_by_task[task] = (parent, rows)
     return uri, client, rows_by_task, tmp
@@ -115,7 +118,7 @@ def test_compare_command_prints_the_table(store):
 def test_pipeline_summary_run_holds_every_task(store):
     _, client, rows_by_task, _ = store
     rows = [r for _, task_rows in rows_by_task.values() for r in task_rows]
-    run_id = tracking.log_pipeline_summary(client, "pipe-A", "smoke", rows)
+    run_id = tracking.log_pipeline_summary(client, "pipe-A", "nightly", rows)
     run = client.get_run(run_id)
     assert run.data.tags[names.ROLE_TAG] == names.ROLE_PIPELINE and run.info.status == "FINISHED"
     assert run.data.tags[names.TASKS_TAG] == "ag_news,metro_forecasting"

@@ -7,7 +7,17 @@ read back from the champion version's own run, so nothing is trusted that was no
 decision, its reason and both figures are logged on the challenger's run (tags + metrics) and as
 tags on the new model version, so the UI shows why an alias did or did not move.
 
-Inference loads `models:/<name>@champion` (see `tasks.tracking.inference`).
+Champions are scoped. A smoke run (the `smoke` profile, or any run whose test split was
+truncated) is registered under its own name, `rnnflow-<task>-<config>-smoke`
+(`registered_model_name`), so it never blocks or takes the champion of the real model. Where a
+version of another scope meets a champion anyway (an older store, a caller that registered it
+under the plain name), the fuller evaluation wins: a real evaluation replaces a smoke champion,
+the `full` data variant replaces a `subset` champion, and never the other way round; two real
+scopes that differ otherwise (another test split) stay "not comparable" until someone moves the
+alias by hand (`promote_by_hand`).
+
+Inference loads `models:/<name>@champion` (see `tasks.tracking.inference`); `champion_info` says
+which version that is and what it was measured on.
 """
 
 from __future__ import annotations
@@ -33,13 +43,20 @@ from tasks.tracking.names import (
     CHAMPION_VERSION_TAG,
     DATA_VARIANT_TAG,
     EVAL_SCOPE_TAG,
+    HEADLINE_METRIC_TAG,
     INCUMBENT_VALUE_METRIC,
     KEPT,
+    PROFILE_TAG,
     PROMOTED,
     PROMOTED_BY_HAND,
     RESULT_PROFILE_TAG,
     TEST_SPLIT_TAG,
 )
+from tasks.tracking.store import store_lock
+
+SMOKE = "smoke"  # the profile of tiny slices, and the scope qualifier of any truncated test
+SMOKE_SUFFIX = "-smoke"  # registered name of smoke-scoped versions: rnnflow-<task>-<config>-smoke
+FULL_VARIANT = "full"  # the data variant that outranks any other (e.g. AG News "subset")
 
 
 @dataclass
@@ -78,8 +95,25 @@ class Decision:
         return out
 
 
+def is_smoke(result: RunResult, profile: str | None = None) -> bool:
+    """Whether a result was measured on a smoke scope: the smoke profile, or a test split the
+    experiment says it truncated (`test_truncated` in its dataset facts)."""
+    profile = profile or result.tags.get(RESULT_PROFILE_TAG)
+    return profile == SMOKE or bool(result.dataset.get("test_truncated"))
+
+
+def registered_model_name(result: RunResult, profile: str | None = None) -> str:
+    """The registered model a result's version belongs to: `rnnflow-<task>-<config>`, or
+    `rnnflow-<task>-<config>-smoke` for a smoke-scoped result (`is_smoke`), so that smoke runs
+    keep their own champion and never touch the real one's."""
+    from tasks.tracking.models import registered_name  # lazy: models may import this module
+
+    return registered_name(result) + (SMOKE_SUFFIX if is_smoke(result, profile) else "")
+
+
 def eval_scope(result: RunResult, profile: str | None = None) -> str:
-    """A short fingerprint of what the headline was measured on: metric, data variant, test split.
+    """A short fingerprint of what the headline was measured on: metric, data variant, test
+    split, and `|smoke` for a smoke scope (`is_smoke`).
 
     The test split is the experiment's `test_split` tag when it sets one, else the dataset facts
     it reports about the test split (keys starting with "test", e.g. rows and checksums), else
@@ -94,7 +128,33 @@ def eval_scope(result: RunResult, profile: str | None = None) -> str:
         split = f"profile:{profile or result.tags.get(RESULT_PROFILE_TAG, 'unknown')}"
     variant = result.tags.get(DATA_VARIANT_TAG, result.dataset.get("variant", "unknown"))
     digest = hashlib.sha1(split.encode("utf-8")).hexdigest()[:12]
-    return f"{result.headline.metric}|{variant}|{digest}"
+    scope = f"{result.headline.metric}|{variant}|{digest}"
+    return scope + (f"|{SMOKE}" if is_smoke(result, profile) else "")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """An eval_scope string taken apart: what decides which of two scopes outranks the other."""
+
+    text: str
+    variant: str
+    smoke: bool
+
+    @classmethod
+    def parse(cls, scope: str, profile: str | None = None) -> Scope:
+        """`profile`: the run's profile tag, for scopes logged before `|smoke` was added."""
+        parts = scope.split("|")
+        variant = parts[1] if len(parts) >= 3 else "unknown"
+        return cls(scope, variant, parts[-1] == SMOKE or profile == SMOKE)
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """Real before smoke, then the full data variant before any other."""
+        return (0 if self.smoke else 1, 1 if self.variant == FULL_VARIANT else 0)
+
+    def describe(self) -> str:
+        what = "a smoke slice" if self.smoke else "the real test split"
+        return f"{what} of the {self.variant} data ({self.text})"
 
 
 def _current_champion(client: MlflowClient, model: str):
@@ -110,18 +170,31 @@ def _current_champion(client: MlflowClient, model: str):
 def decide(
     headline: Headline, challenger: float, scope: str, incumbent_run
 ) -> tuple[bool, str, float | None]:
-    """(promote?, reason, incumbent value) for a challenger against the champion's run (or None)."""
+    """(promote?, reason, incumbent value) for a challenger against the champion's run (or None).
+
+    Same scope: the better headline wins (a tie keeps the alias, NaN never wins). Other scopes:
+    the one of higher `Scope.rank` wins whatever the figures (real over smoke, full data over a
+    subset); equal ranks are not comparable and the alias stays.
+    """
     if incumbent_run is None:
         return True, "first version with a headline: becomes champion", None
     old_scope = incumbent_run.data.tags.get(EVAL_SCOPE_TAG)
     old = incumbent_run.data.metrics.get(headline.metric)
     if old is None or old_scope is None:
         return True, f"champion run lacks a logged {headline.metric}: replaced", None
-    if old_scope != scope:
-        reason = f"not comparable: champion measured on {old_scope}, challenger on {scope}"
-        return False, reason + "; alias kept", old
     if math.isnan(challenger):
         return False, f"challenger {headline.metric} is NaN; alias kept", old
+    if old_scope != scope:
+        mine = Scope.parse(scope)
+        theirs = Scope.parse(old_scope, incumbent_run.data.tags.get(PROFILE_TAG))
+        if mine.rank > theirs.rank:
+            return True, (f"champion was measured on {theirs.describe()}, challenger on "
+                          f"{mine.describe()}: the fuller evaluation takes the alias"), old
+        if mine.rank < theirs.rank:
+            return False, (f"challenger measured on {mine.describe()} never takes the alias "
+                           f"from a champion measured on {theirs.describe()}"), old
+        reason = f"not comparable: champion measured on {old_scope}, challenger on {scope}"
+        return False, reason + "; alias kept", old
     if headline.better(challenger, old):
         word = "higher" if headline.goal == "max" else "lower"
         return True, f"{headline.metric} {challenger:.6g} is {word} than {old:.6g}: promoted", old
@@ -140,18 +213,21 @@ def challenge(
     """Compare a freshly registered version with the champion, move the alias if it wins, log it.
 
     `scope` (see `eval_scope`) is logged on the challenger's run, so that a later challenger can
-    check it competes on the same test split.
+    check it competes on the same test split. On a SQLite store, reading the champion and moving
+    the alias hold a lock shared by every process, so two runs finishing at once cannot both
+    beat the same old champion and leave the worse one holding the alias.
     """
-    current = _current_champion(client, model)
-    incumbent_run = client.get_run(current.run_id) if current and current.run_id else None
-    promote, reason, old = decide(headline, value, scope, incumbent_run)
+    with store_lock(client.tracking_uri, "champion"):
+        current = _current_champion(client, model)
+        incumbent_run = client.get_run(current.run_id) if current and current.run_id else None
+        promote, reason, old = decide(headline, value, scope, incumbent_run)
+        if promote:
+            client.set_registered_model_alias(model, CHAMPION_ALIAS, str(version))
     decision = Decision(
         model=model, version=str(version), promoted=promote, reason=reason,
         metric=headline.metric, goal=headline.goal, challenger=float(value), champion=old,
         champion_version=str(current.version) if current is not None else None,
     )
-    if promote:
-        client.set_registered_model_alias(model, CHAMPION_ALIAS, str(version))
     now = int(time.time() * 1000)
     client.log_batch(
         run_id,
@@ -181,3 +257,51 @@ def promote_by_hand(client: MlflowClient, model: str, version: str, reason: str)
     tags = {CHAMPION_DECISION_TAG: PROMOTED_BY_HAND, CHAMPION_REASON_TAG: reason}
     for key, val in tags.items():
         client.set_model_version_tag(model, str(version), key, val)
+
+
+@dataclass
+class ChampionInfo:
+    """Which version `models:/<model>@champion` serves, and what its headline was measured on."""
+
+    model: str
+    version: str
+    run_id: str
+    metric: str  # the headline metric name ("" when the run lacks the tag)
+    value: float | None  # the champion run's headline
+    scope: str  # its eval_scope ("" for a version logged before scopes existed)
+    profile: str
+    data_variant: str
+    smoke: bool  # measured on a smoke slice
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.model}@{CHAMPION_ALIAS}"
+
+    def line(self) -> str:
+        """One line for humans, e.g. what `rnnflow predict` prints before predicting."""
+        figure = f"{self.metric} {self.value:.4g}" if self.value is not None else "no headline"
+        kind = "SMOKE slice" if self.smoke else "real test split"
+        return (f"{self.uri} = version {self.version} (run {self.run_id}, profile "
+                f"{self.profile or '?'}, data {self.data_variant or '?'}, {figure} on the "
+                f"{kind}; scope {self.scope or 'unknown'})")
+
+
+def champion_info(client: MlflowClient, model: str) -> ChampionInfo | None:
+    """The champion version of `model` and the facts of its run; None when it has no champion."""
+    current = _current_champion(client, model)
+    if current is None:
+        return None
+    tags: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    if current.run_id:
+        run = client.get_run(current.run_id)
+        tags, metrics = run.data.tags, run.data.metrics
+    metric = tags.get(HEADLINE_METRIC_TAG, "")
+    scope = tags.get(EVAL_SCOPE_TAG, "")
+    profile = tags.get(PROFILE_TAG, "")
+    return ChampionInfo(
+        model=model, version=str(current.version), run_id=current.run_id or "",
+        metric=metric, value=metrics.get(metric) if metric else None, scope=scope,
+        profile=profile, data_variant=tags.get(DATA_VARIANT_TAG, ""),
+        smoke=Scope.parse(scope, profile).smoke if scope else profile == SMOKE,
+    )

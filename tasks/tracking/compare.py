@@ -14,11 +14,8 @@ from mlflow.entities import Run
 
 from tasks.tracking.models import champion_uri
 from tasks.tracking.names import (
-    CHAMPION_ALIAS,
     CONFIG_TAG,
-    DATA_VARIANT_TAG,
     EXPERIMENT_PREFIX,
-    HEADLINE_METRIC_TAG,
     MODEL_PREFIX,
     PIPELINE_ID_TAG,
     PROFILE_TAG,
@@ -80,23 +77,26 @@ def recent_runs_table(client: MlflowClient, last: int = 10, **filters):
 
 
 def champions_table(client: MlflowClient):
-    """One row per registered rnnflow model: the champion's version, headline and run."""
+    """One row per registered rnnflow model: the champion's version, headline, scope and run.
+
+    `smoke` marks the `rnnflow-<task>-<config>-smoke` models (and any champion measured on a
+    smoke slice): their figures come from tiny slices of the data.
+    """
     import pandas as pd
+
+    from tasks.tracking.champion import champion_info
 
     rows = []
     for model in client.search_registered_models(filter_string=f"name LIKE '{MODEL_PREFIX}%'"):
-        version = model.aliases.get(CHAMPION_ALIAS) if isinstance(model.aliases, dict) else None
-        if version is None:
+        info = champion_info(client, model.name)
+        if info is None:
             rows.append({"model": model.name, "champion_version": "", "headline_metric": ""})
             continue
-        mv = client.get_model_version(model.name, version)
-        run = client.get_run(mv.run_id)
-        metric = run.data.tags.get(HEADLINE_METRIC_TAG, "")
         rows.append({
-            "model": model.name, "champion_version": str(version), "headline_metric": metric,
-            "headline": run.data.metrics.get(metric, float("nan")),
-            "profile": run.data.tags.get(PROFILE_TAG, ""),
-            "data_variant": run.data.tags.get(DATA_VARIANT_TAG, ""),
-            "uri": champion_uri(model.name), "run_id": mv.run_id,
+            "model": model.name, "champion_version": info.version,
+            "headline_metric": info.metric,
+            "headline": info.value if info.value is not None else float("nan"),
+            "profile": info.profile, "data_variant": info.data_variant, "smoke": info.smoke,
+            "eval_scope": info.scope, "uri": champion_uri(model.name), "run_id": info.run_id,
         })
     return pd.DataFrame(rows)
