@@ -10,28 +10,37 @@ fails its own task; the others still finish and are logged, then the grid fails 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.runners import gpu_annotation
 from rnn_core import experiments
+from rnn_core.fingerprints import fingerprint
 from tasks import tracking
 from tasks.experiments import challenge_champion
 from tasks.tracking import SummaryRow
 from tasks.tracking.compare import finished_child, run_row
+from tasks.tracking.reuse import fingerprint_tags, record_reuse, reusable_child
 from tasks.training import train_configuration
 
 
 @flow(name="rnnflow-grid", flow_run_name="grid-{profile}",
       task_runner=ThreadPoolTaskRunner(max_workers=1))
 def train_grid(configs: dict[str, Any], profile: str, manifests: dict[str, dict],
-               work_dir: str, tracking_uri: str | None, pipeline_id: str) -> dict[str, list]:
-    """Train every planned configuration of each experiment in `configs`; rows per experiment."""
+               work_dir: str, tracking_uri: str | None, pipeline_id: str,
+               force: bool = False) -> dict[str, list]:
+    """Train every planned configuration of each experiment in `configs`; rows per experiment.
+
+    A configuration whose data, config, library code and seed all equal those of a logged run
+    is not trained again: that run is reused and linked (`force` retrains it).
+    """
+    logger = get_run_logger()
     client = tracking.configure(tracking_uri)
     tags = tracking.pipeline_tags(profile, pipeline_id)
     parents: dict[str, str] = {}
@@ -50,12 +59,22 @@ def train_grid(configs: dict[str, Any], profile: str, manifests: dict[str, dict]
                 if logged is not None:  # an earlier attempt of this flow run logged it
                     rows[name].append(run_row(logged))
                     continue
+                digests = fingerprint(exp, config, config_name, needs)
+                same = None if force else reusable_child(client, name, digests["fingerprint"])
+                if same is not None:
+                    logger.info("%s/%s: data, config, code and seed unchanged since run %s: "
+                                "reused, not retrained (--force retrains)", name, config_name,
+                                same.info.run_id)
+                    record_reuse(client, parents[name], config_name, same)
+                    rows[name].append(dataclasses.replace(run_row(same), champion="reused"))
+                    continue
+                config_tags = {**tags, **fingerprint_tags(digests)}
                 with gpu_annotation(FlowRunContext.get().task_runner):
                     # The experiment itself travels to the worker (a plugin or test-only one is
                     # not in a worker's registry); built-ins pickle by reference.
                     future = train_configuration.submit(
                         exp, config, config_name, needs, run_dir, parents[name],
-                        client.tracking_uri, tags)
+                        client.tracking_uri, config_tags)
                 pending.append((name, config_name, future))
         failed, trained = _gather(pending)
         # Champion decisions one at a time, here in the flow (not on parallel workers).

@@ -39,11 +39,14 @@ def pipeline(
     only: list[str] | None = None,
     workers: int = 0,
     cluster: str | None = None,
+    force: bool = False,
 ) -> dict[str, list[SummaryRow]]:
     """Prepare data, then train and evaluate each experiment of `profile` (or only those named).
 
     `workers` > 1 trains that many configurations at once on a local Dask cluster; `cluster`
     (tcp://HOST:PORT) uses an existing Dask scheduler instead; neither = one at a time here.
+    A configuration whose data, config, code and seed are unchanged since a logged run reuses
+    that run; `force` retrains it.
     """
     chosen = load_profile(profile, only=only)  # the whole profile is checked before any work
     names = list(only or chosen.experiments)
@@ -60,7 +63,7 @@ def pipeline(
         # Every configuration of every experiment is one task of the grid (one flow run).
         results = train_grid.with_options(task_runner=runner)(
             configs=configs, profile=chosen.name, manifests=manifests, work_dir=work_dir,
-            tracking_uri=uri, pipeline_id=pipeline_id)
+            tracking_uri=uri, pipeline_id=pipeline_id, force=force)
     # One run in rnnflow/pipeline with the table across every task of this pipeline run.
     rows = [row for task_rows in results.values() for row in task_rows]
     log_pipeline_summary(rows, pipeline_id, chosen.name, tracking_uri)

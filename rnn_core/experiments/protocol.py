@@ -105,6 +105,9 @@ class Experiment:
     # The validation metric (a key of evaluate()'s output, without "val_") and its goal, for
     # `select_epoch = "best_val"`.
     select_on: ClassVar[tuple[str, str]] = ("loss", "min")
+    # Config fields that only list which configurations to train (e.g. `models`): a change
+    # there does not change what an existing configuration trains (rnn_core.fingerprints).
+    axes: ClassVar[tuple[str, ...]] = ()
     # True for diagnostics (the vanishing-gradient study): their headline is not a model score
     # and never moves a champion.
     diagnostic: ClassVar[bool] = False

@@ -58,3 +58,18 @@ PROMOTED_BY_HAND = "promoted by hand"
 CHAMPION_METRIC_PREFIX = "champion."
 CHALLENGER_VALUE_METRIC = CHAMPION_METRIC_PREFIX + "challenger_value"
 INCUMBENT_VALUE_METRIC = CHAMPION_METRIC_PREFIX + "incumbent_value"
+
+# --- logged models (tasks/tracking/models.py, integrity.py) --------------------------------------
+# sha256 of the model's digest list, on the registered version: checked before every load.
+MODEL_DIGEST_TAG = "rnnflow.model.sha256"
+MODEL_DIGESTS_ARTIFACT = "model_digests.json"  # on the model's run: relative path -> sha256
+SERVING_KIND_TAG = "rnnflow.serving"  # on the version: the raw input it takes (rnn_core.serving)
+
+# --- live child runs (tasks/tracking/live.py) and their dataset inputs (lineage.py) --------------
+SYSTEM_METRICS_PREFIX = "system/"  # MLflow's system-metrics monitor: CPU, memory, GPU
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # train | validation | test, on each dataset input
+
+# Retrain only when something changed (rnn_core.fingerprints): the digests on every child run.
+FINGERPRINT_TAG = "rnnflow.fingerprint"  # data + config + code + seed, combined
+FINGERPRINT_PART_TAG = "rnnflow.fingerprint."  # + data | config | code | seed
+REUSED_FROM_TAG = "rnnflow.reused_from"  # on a parent: config -> the run it reused
