@@ -1,41 +1,94 @@
-"""Inference from the registry: always the champion, `models:/<name>@champion`.
+"""Inference from the registry: always the champion, `models:/<name>@champion`, checked first.
 
-    model = load_champion("rnnflow-ag-news-lstm")          # or load_champion("ag_news", "lstm")
-    logits = model.predict(np.array([[5, 6, 7, 0]], dtype=np.int64))   # B x C
+    served = serve_champion("rnnflow-ag-news-lstm8")        # or serve_champion("ag_news", "lstm8")
+    served.info.line()        # which version, run, profile, data variant, headline, scope
+    served.model.predict(pd.DataFrame({"title": ["Oil prices fall as stocks rally"]}))
+    # -> DataFrame: label, label_id, probability, World, Sports, Business, Sci/Tech
 
-Inputs and outputs are those of the pyfunc (see `tasks/tracking/pyfunc_model.py`): batch-first
-token ids (int64, 0 = trailing padding) or float features.
+Before a version is loaded, its files are downloaded and checked against the sha256 digests
+recorded when it was logged (`integrity.verified_download`); a mismatch raises `IntegrityError`
+and nothing is loaded. Inputs and outputs are the raw forms of `rnn_core.serving` for the
+model's kind (texts, flows in passengers, prompts); models without a serving spec take
+batch-first arrays.
 """
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
 import mlflow.pyfunc
 import numpy as np
 
+from tasks.tracking.champion import ChampionInfo, champion_info
+from tasks.tracking.integrity import IntegrityError, verified_download
 from tasks.tracking.models import champion_uri, model_name
-from tasks.tracking.names import CHAMPION_ALIAS
+from tasks.tracking.names import SERVING_KIND_TAG
 from tasks.tracking.store import configure
 
-__all__ = ["champion_uri", "load_champion", "model_name", "predict"]
+__all__ = ["IntegrityError", "Served", "champion_uri", "load_champion", "model_name",
+           "predict", "serve_champion"]
+
+
+@dataclass
+class Served:
+    """A loaded champion and what it is: its version facts, serving kind, files checked."""
+
+    model: mlflow.pyfunc.PyFuncModel
+    info: ChampionInfo
+    kind: str  # rnn_core.serving kind: text_classifier, station_classifier, ...
+    files_checked: int  # files whose sha256 matched (0: verification skipped)
+
+
+def _download_dir() -> Path:
+    """A folder for verified downloads, kept until the process exits (the loaded model may
+    import from its code/ folder later)."""
+    folder = Path(tempfile.mkdtemp(prefix="rnnflow-model-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def serve_champion(task_or_name: str, config: str | None = None,
+                   tracking_uri: str | None = None, verify: bool = True) -> Served:
+    """Load the champion version of a registered model, its digests checked first.
+
+    LookupError: no such model or no champion yet; IntegrityError: its files changed since it
+    was logged (or it was logged without digests and `verify` is on).
+    """
+    client = configure(tracking_uri)
+    name = model_name(task_or_name, config)
+    info = None
+    try:
+        info = champion_info(client, name)
+    except mlflow.exceptions.MlflowException:
+        pass
+    if info is None:
+        known = sorted(m.name for m in client.search_registered_models())
+        raise LookupError(
+            f"no champion for model {name!r} in {client.tracking_uri}; registered models: "
+            f"{', '.join(known) or 'none'} (train one with `rnnflow run`)")
+    mv = client.get_model_version(name, info.version)
+    kind = (mv.tags or {}).get(SERVING_KIND_TAG, "tensor")
+    if not verify:
+        return Served(mlflow.pyfunc.load_model(champion_uri(name)), info, kind, 0)
+    local = verified_download(client, name, info.version, _download_dir())
+    files = sum(1 for p in local.rglob("*") if p.is_file())
+    return Served(mlflow.pyfunc.load_model(str(local)), info, kind, files)
 
 
 def load_champion(task_or_name: str, config: str | None = None,
-                  tracking_uri: str | None = None) -> mlflow.pyfunc.PyFuncModel:
-    """Load the champion version of a registered model (clear error if it has none)."""
-    client = configure(tracking_uri)
-    name = model_name(task_or_name, config)
-    try:
-        client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-    except mlflow.exceptions.MlflowException as err:
-        known = sorted(m.name for m in client.search_registered_models())
-        raise LookupError(
-            f"no champion for model {name!r} in {client.tracking_uri} ({err.message}); "
-            f"registered models: {', '.join(known) or 'none'}"
-        ) from None
-    return mlflow.pyfunc.load_model(champion_uri(name))
+                  tracking_uri: str | None = None, verify: bool = True
+                  ) -> mlflow.pyfunc.PyFuncModel:
+    """The champion's pyfunc (see `serve_champion`)."""
+    return serve_champion(task_or_name, config, tracking_uri, verify).model
 
 
-def predict(task_or_name: str, inputs: np.ndarray, config: str | None = None,
-            tracking_uri: str | None = None) -> np.ndarray:
-    """Load the champion and predict once on a batch-first array."""
-    return np.asarray(load_champion(task_or_name, config, tracking_uri).predict(inputs))
+def predict(task_or_name: str, inputs, config: str | None = None,
+            tracking_uri: str | None = None, params: dict | None = None):
+    """Load the champion and predict once: a DataFrame of raw columns (or a batch-first array
+    for a model without a serving spec) in, the model's DataFrame (or array) out."""
+    out = load_champion(task_or_name, config, tracking_uri).predict(inputs, params=params)
+    return out if hasattr(out, "columns") else np.asarray(out)

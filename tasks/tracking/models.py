@@ -1,12 +1,25 @@
 """Models in the store: the pyfunc logged into a child run, its signature, its registered name.
 
-The model is logged as "model from code" (`pyfunc_model.py` beside the checkpoint, nothing
-pickled) and registered as `rnnflow-<task>-<config>`; every log registers a new version, which
-then challenges the champion (`champion.py`).
+The model is logged as "model from code" (`pyfunc_model.py`, nothing pickled) and carries all it
+needs to load where this repository does not exist:
+- `code/rnn_core/`: a copy of the library's Python files (`code_paths`), so loading needs only
+  torch, numpy and mlflow;
+- `artifacts/checkpoint`: the runner's weights-only model.pt (config + state_dict);
+- `artifacts/serving/`: the experiment's serving spec (`rnn_core.serving`: vocabulary, maxima,
+  station count, covariate recipe), so the model takes raw text, flows in passengers, prompts;
+- a signature made from the serving spec's columns and params, and an input example in the raw
+  form (predicted once before logging, so a model that cannot serve its own example is never
+  registered).
+It is registered as `rnnflow-<task>-<config>`; every log registers a new version, which then
+challenges the champion (`champion.py`). The sha256 of every file is recorded at logging time
+(`integrity.py`) and checked before inference loads it.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -14,14 +27,23 @@ import mlflow
 import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
+from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec
 
+from rnn_core.models import build_model
 from rnn_core.results import RunResult
+from rnn_core.serving import Server, save_spec, server_for
 from tasks.tracking.names import CHAMPION_ALIAS, MODEL_PREFIX
 
 MODEL_ARTIFACT = "model"  # the logged model's name within its run
 _PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+_LIBRARY = Path(__file__).resolve().parents[2] / "rnn_core"  # shipped as the model's code
 # Explicit requirements: inferring them costs ~10 s per logged model (../shared/STACK.md).
 _PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "mlflow==3.17.2"]
+_TYPES = {"string": DataType.string, "double": DataType.double, "long": DataType.long,
+          "array<double>": Array(DataType.double)}
+
+# Per-model "Downloading artifacts" bars flood a run's log (one per logged or loaded model).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def model_name(task_or_name: str, config: str | None = None) -> str:
@@ -43,8 +65,29 @@ def champion_uri(name: str) -> str:
     return f"models:/{name}@{CHAMPION_ALIAS}"
 
 
-def signature(result: RunResult) -> ModelSignature:
-    """Batch-first tensors with free batch and length, so any sequence length is accepted."""
+def server(result: RunResult) -> Server:
+    """The result's model (from its checkpoint) behind its serving spec."""
+    import torch
+
+    payload = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
+    model = build_model(payload["config"])
+    model.load_state_dict(payload["model_state"])
+    return server_for(model, result.serving)
+
+
+def _schema(columns) -> Schema:
+    return Schema([ColSpec(_TYPES[c.type], c.name, required=c.required) for c in columns])
+
+
+def signature(result: RunResult, served: Server | None = None) -> ModelSignature:
+    """The serving spec's raw columns and params; without a spec, batch-first tensors with free
+    batch and length (any sequence length is accepted)."""
+    served = served or server(result)
+    if served.kind != "tensor":
+        params = ParamSchema([ParamSpec(p.name, _TYPES[p.type], p.default)
+                              for p in served.params]) if served.params else None
+        return ModelSignature(inputs=_schema(served.inputs), outputs=_schema(served.outputs),
+                              params=params)
     cfg = result.model_config or {}
     f32, i64 = np.dtype("float32"), np.dtype("int64")
     if cfg.get("kind") == "forecaster":
@@ -63,24 +106,52 @@ def signature(result: RunResult) -> ModelSignature:
     return ModelSignature(inputs=Schema([inputs]), outputs=Schema([outputs]))
 
 
-def log_model(run_id: str, result: RunResult) -> str:
-    """Log the pyfunc into the child run and register it; returns the new version number.
+def input_example(served: Server):
+    """The raw example as MLflow stores it (a DataFrame of columns, or an array)."""
+    example = served.example()
+    if isinstance(example, dict):
+        import pandas as pd
+
+        return pd.DataFrame(example)
+    return example
+
+
+def library_copy(folder: Path) -> Path:
+    """`rnn_core`'s Python files only (no __pycache__, no editor files) under folder/rnn_core."""
+    target = folder / "rnn_core"
+    shutil.copytree(_LIBRARY, target, ignore=lambda d, names: [
+        n for n in names if not (n.endswith(".py") or (Path(d) / n).is_dir())
+        or n == "__pycache__"])
+    return target
+
+
+def log_model(run_id: str, result: RunResult) -> tuple[str, str]:
+    """Log the pyfunc into the child run and register it; returns (version, model URI).
 
     `log_model` needs an active run, the one fluent call of the package: the child run, created
     through the client, is made active by id in this thread only (MLflow's active run is
     thread-local, and Prefect may run tasks in worker threads).
     """
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        # Deliberate choices MLflow warns about on every model: the signature is given
-        # explicitly (so no input example is needed) and predict takes a plain array.
-        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=str(_PYFUNC_CODE),
-            artifacts={"checkpoint": str(result.checkpoint)},
-            signature=signature(result),
-            pip_requirements=_PIP_REQUIREMENTS,
-            registered_model_name=registered_name(result),
-        )
-    return str(info.registered_model_version)
+    served = server(result)
+    example = input_example(served)
+    served.predict(example)  # a model that cannot serve its own example is not registered
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_dir = save_spec(result.serving, Path(tmp) / "serving") if result.serving else None
+        artifacts = {"checkpoint": str(result.checkpoint)}
+        if spec_dir is not None:
+            artifacts["serving"] = str(spec_dir)
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            # Deliberate: predict's inputs are described by the explicit signature, not by
+            # type hints MLflow would infer them from.
+            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(_PYFUNC_CODE),
+                artifacts=artifacts,
+                code_paths=[str(library_copy(Path(tmp)))],
+                signature=signature(result, served),
+                input_example=example,
+                pip_requirements=_PIP_REQUIREMENTS,
+                registered_model_name=registered_name(result),
+            )
+    return str(info.registered_model_version), info.model_uri

@@ -1,46 +1,43 @@
 """The MLflow pyfunc for every rnnflow model, logged as "model from code" (nothing pickled).
 
-MLflow saves this file beside the checkpoint; loading it rebuilds the module from the config
-and `state_dict` stored in the checkpoint (`torch.load(weights_only=True)`).
+MLflow saves this file in the model's `code/` folder next to a copy of `rnn_core` (the model's
+`code_paths`), so loading needs only torch, numpy and mlflow: never this repository. Loading
+rebuilds the module from the checkpoint's config and `state_dict` (`torch.load(weights_only=
+True)`) and the serving spec saved beside it (`rnn_core.serving.load_server`).
 
-Input: a batch-first numpy array — `B x L` int64 token ids for token models (0 = trailing
-padding for classifiers), or `B x L x D` float32 features for the forecaster. Output: the model's
-output made batch-first — class logits `B x C`, next-char logits `B x L x V`, or forecasts
-`B x L x H x D`.
+Input and output are the raw forms of `rnn_core.serving` for the model's kind: a table of
+`title`/`description` texts, of flows in passengers (+ `start`), or of `prompt`s with params;
+models without a serving spec take batch-first arrays. Bad input is an MlflowException with
+INVALID_PARAMETER_VALUE: HTTP 400 and one sentence under `mlflow models serve`.
+
+This file imports nothing from `tasks` (it runs where `tasks` does not exist).
 """
 
-from __future__ import annotations
-
 import mlflow
-import numpy as np
-import torch
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 
 class RecurrentPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from rnn_core.models import build_model
+        from rnn_core.serving import load_server  # from the model's code/ (code_paths)
 
-        checkpoint = torch.load(context.artifacts["checkpoint"], weights_only=True, map_location="cpu")
-        self.model = build_model(checkpoint["config"])
-        self.model.load_state_dict(checkpoint["model_state"])
-        self.model.eval()
-        # Token classifiers pad with id 0 (trailing); a character LM has no padding.
-        self.lengths_from_padding = checkpoint["config"].get("kind") == "classifier"
+        self.server = load_server(context.artifacts["checkpoint"],
+                                  context.artifacts.get("serving"))
 
-    def predict(self, context, model_input, params=None):
-        x = torch.as_tensor(np.asarray(model_input))
-        with torch.no_grad():
-            if x.dtype in (torch.int32, torch.int64):
-                lengths = None
-                if self.lengths_from_padding:
-                    lengths = (x != 0).sum(dim=1).clamp(min=1)  # trailing padding: B
-                out, _ = self.model(x.long().t().contiguous(), lengths=lengths)
-            else:
-                out, _ = self.model(x.float().transpose(0, 1).contiguous())
-        # Sequence outputs are time-major (L x B x ...): give them back batch-first.
-        if out.dim() >= 3:
-            out = out.transpose(0, 1)
-        return out.numpy()
+    # The hint only tells MLflow not to infer a schema from it: the logged signature, made from
+    # the serving spec, describes the input (a DataFrame of raw columns, or an array).
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        from rnn_core.serving import ServingInputError
+
+        try:
+            out = self.server.predict(model_input, params)
+        except ServingInputError as err:
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+        if isinstance(out, dict):  # columns -> a DataFrame: records over HTTP, a CSV locally
+            return pd.DataFrame(out)
+        return out
 
 
 mlflow.models.set_model(RecurrentPyfunc())
