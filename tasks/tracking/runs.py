@@ -3,6 +3,11 @@ pipeline run in `rnnflow/pipeline` carrying the table across tasks.
 
 The client API is used with explicit run ids (not the fluent "active run"), because Prefect may
 run tasks in worker threads; only `models.log_model`, which needs an active run, is fluent.
+
+A child run is normally opened when its training starts (`live.start_child_run`, RUNNING, with
+per-epoch and system metrics streamed while it trains); `log_result(..., run_id=...)` then
+completes that same run. Without a run id it creates one after the fact, back-dated to when the
+training started.
 """
 
 from __future__ import annotations
@@ -15,25 +20,24 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 
 from rnn_core.results import RunResult, flatten_params
-from tasks.tracking.models import log_model
+from tasks.tracking.integrity import record as record_digests
+from tasks.tracking.lineage import log_dataset_inputs
+from tasks.tracking.live import child_tags
+from tasks.tracking.models import log_model, registered_name
 from tasks.tracking.names import (
-    CONFIG_TAG,
-    DEVICE_TAG,
     FINAL_METRICS_TAG,
     GIT_COMMIT_TAG,
-    HEADLINE_METRIC_TAG,
     INTERRUPTED_TAG,
-    PARENT_RUN_TAG,
     PIPELINE_EXPERIMENT,
     PIPELINE_ID_TAG,
     PROFILE_TAG,
-    ROLE_CHILD,
     ROLE_PARENT,
     ROLE_PIPELINE,
     ROLE_TAG,
+    SERVING_KIND_TAG,
     TASK_TAG,
     TASKS_TAG,
     TRAIN_SECONDS_METRIC,
@@ -59,7 +63,9 @@ def start_parent_run(
     """Open the parent run of one task within one pipeline run; returns its run id.
 
     Runs of the same task and pipeline run still marked RUNNING were left by a killed attempt of
-    this flow run (a retry keeps the pipeline id): they are closed as KILLED first.
+    this flow run (a retry keeps the pipeline id): they are closed as KILLED first — the parent
+    and its child runs alike (a child carries the pipeline's tags from the moment its training
+    starts, see `live.start_child_run`).
     """
     exp_id = experiment_id(client, task)
     interrupted = client.search_runs(
@@ -88,36 +94,38 @@ def log_result(
     parent_run_id: str,
     extra_tags: dict[str, str] | None = None,
     register: bool = True,
+    run_id: str | None = None,
+    manifests: dict[str, Any] | None = None,
 ) -> tuple[str, str | None]:
     """Log one configuration as a child run; returns (run id, registered model version or None).
 
-    `extra_tags` are the pipeline's (`pipeline_tags`); the result's own tags (model, data
-    variant, ...) are logged as they are.
+    `run_id`: the child run opened when training started (`live.start_child_run`), completed
+    here; None creates the run now. `extra_tags` are the pipeline's (`pipeline_tags`); the
+    result's own tags (model, data variant, ...) are logged as they are. `manifests` (the
+    prepared datasets' manifests) give the dataset inputs their file paths.
     """
     tags = {
-        PARENT_RUN_TAG: parent_run_id,
-        TASK_TAG: result.task,
-        CONFIG_TAG: result.name,
-        ROLE_TAG: ROLE_CHILD,
-        DEVICE_TAG: result.device,
-        HEADLINE_METRIC_TAG: result.headline.metric,
+        **child_tags(result.task, result.name, parent_run_id, result.headline.metric,
+                     result.device),
         # Which metrics are final (not per-epoch series): `rnnflow compare` rebuilds rows from it.
         FINAL_METRICS_TAG: ",".join(sorted(result.metrics))[:8000],
-        GIT_COMMIT_TAG: git_commit(),
         **result.tags,
         **(extra_tags or {}),
     }
-    # The run is logged after training: back-date its start so MLflow's Duration is the training.
-    started_ms = int((time.time() - max(result.seconds, 0.0)) * 1000)
-    run = client.create_run(
-        experiment_id(client, result.task), start_time=started_ms, run_name=result.name, tags=tags
-    )
-    run_id = run.info.run_id
+    if run_id is None:
+        # Logged after training: back-date the start so MLflow's Duration is the training.
+        started_ms = int((time.time() - max(result.seconds, 0.0)) * 1000)
+        run_id = client.create_run(experiment_id(client, result.task), start_time=started_ms,
+                                   run_name=result.name, tags=tags).info.run_id
+    else:
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     try:
         _log_params(client, run_id, result.params)
-        _log_metrics(client, run_id, _metrics(result))
+        _log_metrics(client, run_id, _metrics(result, streamed=_streamed_epochs(client, run_id,
+                                                                                  result)))
         _log_artifacts(client, run_id, result)
-        version = log_model(run_id, result) if register and result.checkpoint else None
+        log_dataset_inputs(client, run_id, result, manifests)
+        version = _register(client, run_id, result) if register and result.checkpoint else None
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
@@ -125,12 +133,34 @@ def log_result(
     return run_id, version
 
 
-def _metrics(result: RunResult) -> list[Metric]:
-    """The per-epoch series (step = epoch), then the final metrics and the training time."""
+def _register(client: MlflowClient, run_id: str, result: RunResult) -> str:
+    """Log and register the model, then record its files' digests on the new version."""
+    version, model_uri = log_model(run_id, result)
+    name = registered_name(result)
+    record_digests(client, run_id, model_uri, name, version)
+    client.set_model_version_tag(name, version, SERVING_KIND_TAG,
+                                 str(result.serving.get("kind", "tensor")))
+    return version
+
+
+def _streamed_epochs(client: MlflowClient, run_id: str, result: RunResult) -> set[int]:
+    """Epochs the live run already holds (streamed while training): not logged twice."""
+    if not result.history:
+        return set()
+    key = next((k for k in result.history[-1] if k != "epoch"), None)
+    if key is None:
+        return set()
+    return {m.step for m in client.get_metric_history(run_id, key)}
+
+
+def _metrics(result: RunResult, streamed: set[int] | frozenset = frozenset()) -> list[Metric]:
+    """The per-epoch series (step = epoch; epochs already `streamed` left out), then the final
+    metrics and the training time."""
     now = int(time.time() * 1000)
+    epochs = [(int(row.get("epoch", step)), row) for step, row in enumerate(result.history)]
     series = [
-        Metric(key, float(value), now, int(row.get("epoch", step)))
-        for step, row in enumerate(result.history)
+        Metric(key, float(value), now, epoch)
+        for epoch, row in epochs if epoch not in streamed
         for key, value in row.items()
         if key != "epoch"
     ]
@@ -138,7 +168,7 @@ def _metrics(result: RunResult) -> list[Metric]:
     # a series (e.g. val_accuracy of the chosen epoch) then reads back as its final value, and
     # no (key, step, timestamp) appears twice — log_model copies the run's metrics to the
     # logged model under that unique key and fails on a duplicate.
-    last = max((m.step for m in series), default=0)
+    last = max((epoch for epoch, _ in epochs), default=0)
     final = [Metric(k, float(v), now + 1, last) for k, v in sorted(result.metrics.items())]
     final.append(Metric(TRAIN_SECONDS_METRIC, float(result.seconds), now + 1, last))
     return series + final

@@ -1,0 +1,106 @@
+"""Live child runs: the run exists while its configuration trains.
+
+    run_id = start_child_run(client, "ag_news", "lstm8", parent_run_id, "test_accuracy", "cpu",
+                             extra_tags=pipeline_tags(profile, pipeline_id))
+    with system_metrics(run_id, client.tracking_uri):        # CPU, memory (GPU when present)
+        run_configuration(..., callbacks=[EpochMetrics(client, run_id)])
+    log_result(client, result, parent_run_id, run_id=run_id)  # completes the same run
+
+The run opens RUNNING when training starts and shows each epoch's figures as they come (one
+`log_batch` per epoch, step = epoch) beside MLflow's system metrics (`system/...`); the log step
+adds params, final metrics, artifacts, datasets and the model and ends it FINISHED. It carries
+the pipeline's tags from the start, so when a killed attempt leaves it RUNNING, the retry's
+`start_parent_run` closes it as KILLED with the parents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from tasks.tracking.names import (
+    CONFIG_TAG,
+    DEVICE_TAG,
+    GIT_COMMIT_TAG,
+    HEADLINE_METRIC_TAG,
+    PARENT_RUN_TAG,
+    ROLE_CHILD,
+    ROLE_TAG,
+    TASK_TAG,
+)
+from tasks.tracking.store import experiment_id, git_commit
+
+_log = logging.getLogger(__name__)
+
+
+def child_tags(task: str, config_name: str, parent_run_id: str, headline_metric: str,
+               device: str) -> dict[str, str]:
+    """The tags a child run has from its first second (the result's own tags come at the end)."""
+    return {PARENT_RUN_TAG: parent_run_id, TASK_TAG: task, CONFIG_TAG: config_name,
+            ROLE_TAG: ROLE_CHILD, DEVICE_TAG: device, HEADLINE_METRIC_TAG: headline_metric,
+            GIT_COMMIT_TAG: git_commit()}
+
+
+def start_child_run(client: MlflowClient, task: str, config_name: str, parent_run_id: str,
+                    headline_metric: str, device: str,
+                    extra_tags: dict[str, str] | None = None) -> str:
+    """Open the child run of one configuration (RUNNING) when its training starts; returns its
+    id. `extra_tags` are the pipeline's (`pipeline_tags`): a retry finds it by them."""
+    run = client.create_run(
+        experiment_id(client, task), run_name=config_name,
+        tags={**child_tags(task, config_name, parent_run_id, headline_metric, device),
+              **(extra_tags or {})})
+    return run.info.run_id
+
+
+class EpochMetrics:
+    """Training callback: every number of an epoch's row in one `log_batch`, step = epoch.
+
+    Per-class figures stay out (the runner keeps them out of the history too). A store that
+    cannot be reached costs a warning, never the training: the log step logs whatever epochs
+    the run is still missing.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id, self.failed = client, run_id, False
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, int(epoch)) for k, v in metrics.items()
+                 if k != "epoch" and "_class_" not in k and isinstance(v, (int, float))
+                 and math.isfinite(float(v))]
+        try:
+            self.client.log_batch(self.run_id, metrics=batch)
+        except Exception as err:  # noqa: BLE001  (tracking must not stop training)
+            if not self.failed:
+                _log.warning("epoch metrics of run %s not streamed (%s); the log step will "
+                             "log them", self.run_id, err)
+            self.failed = True
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str, tracking_uri: str, sampling_interval: float = 10.0):
+    """MLflow's system-metrics monitor on `run_id` while the block runs (CPU, memory, disk,
+    network; GPU with nvidia-ml-py). `MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL` overrides the
+    interval. Without psutil it says so once and the block runs unmonitored."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=sampling_interval,
+                                       tracking_uri=tracking_uri)
+    except Exception as err:  # noqa: BLE001  (psutil missing, ...): train unmonitored
+        _log.warning("no system metrics for run %s: %s", run_id, err)
+        monitor = None
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines
+    if monitor is not None:
+        monitor.start()
+    try:
+        yield monitor
+    finally:
+        if monitor is not None:
+            monitor.finish()
