@@ -266,5 +266,14 @@ class AGNews(Experiment):
                 title=f"{name}: test accuracy {scores['test_accuracy']:.4f}"),
         })
 
+    def serving(self, config: Config, name: str, data: Splits) -> dict:
+        """Raw title (+ description) -> label: the prepared vocabulary as this data phase cut it
+        (first `vocab_size` ids, `max_length` tokens), the prepare step's cleaner (serving)."""
+        from rnn_core.serving.text import text_classifier_spec
+
+        return text_classifier_spec(data.vocab.tokens, data.vocab_size, data.vocab.pad_id,
+                                    data.vocab.unk_id, CLASS_NAMES, data.arch.text,
+                                    config.max_length)
+
 
 EXPERIMENT = AGNews()

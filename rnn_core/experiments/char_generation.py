@@ -195,5 +195,11 @@ class CharGeneration(Experiment):
         return {"model": data.model_name, "dataset": data.corpus,
                 "data_variant": str(data.info.get("variant", "full"))}
 
+    def serving(self, config: Config, name: str, data: Splits) -> dict:
+        """A prompt -> generated text: the corpus' characters and its cleaner."""
+        from rnn_core.serving.chars import char_lm_spec
+
+        return char_lm_spec(data.vocab, data.corpus)
+
 
 EXPERIMENT = CharGeneration()

@@ -192,5 +192,14 @@ class MetroClassification(MetroExperiment):
                 folder / "confusion_L73.png", title=f"{name}: test, whole days")
         return Report(figures=figures)
 
+    def serving(self, config: Config, name: str, data: Splits) -> dict:
+        """Raw flows in passengers -> station: the training maxima per station, the flow columns
+        and the time-of-day inputs this configuration reads (rnn_core.serving.metro)."""
+        from rnn_core.serving.metro import station_classifier_spec
+
+        spec = data.spec
+        return station_classifier_spec(spec.stations, spec.columns, spec.covariates,
+                                       data.maxima)
+
 
 EXPERIMENT = MetroClassification()

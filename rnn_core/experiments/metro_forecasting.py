@@ -293,5 +293,20 @@ class MetroForecasting(MetroExperiment):
                 ylabel="inflow (normalised)", title=f"{name}: {example['title']}")
         return Report(figures=figures)
 
+    def serving(self, config: Config, name: str, data: Splits) -> dict:
+        """Recent flows in passengers (+ timestamp) -> t+1..t+H in passengers: the training
+        maxima, the covariate recipe, and the day-type profiles of the training days for a new
+        working day and a new off day (what `context` gives a test day)."""
+        from rnn_core.experiments.metro_common import HOLIDAYS
+        from rnn_core.serving.metro import flow_forecaster_spec
+
+        spec = data.spec
+        profiles = None
+        if "profile" in spec.covariates:  # [working day, off day] x 73 x S x F, normalised
+            profiles = day_type_profiles(data.train.x, data.train.off,
+                                         torch.tensor([0.0, 1.0]))[..., spec.columns]
+        return flow_forecaster_spec(spec.stations, spec.columns, spec.covariates,
+                                    config.horizon, data.maxima, profiles, sorted(HOLIDAYS))
+
 
 EXPERIMENT = MetroForecasting()
