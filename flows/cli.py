@@ -151,26 +151,42 @@ def _print_frame(frame, title: str, fmt: str) -> None:
 
 @app.command()
 def ui(
-    prefect_port: int = typer.Option(4200, help="Prefect UI and API port on 127.0.0.1"),
+    prefect_port: int = typer.Option(4200, help="Prefect UI and API port"),
     mlflow_port: int = typer.Option(5000, help="MLflow UI and tracking server port"),
     backend_store_uri: str = typer.Option(
         None, help="MLflow store (default: sqlite:///<project>/mlruns/mlflow.db; a "
         "postgresql:// URI is passed through unchanged)"),
+    host: str = typer.Option("127.0.0.1", help="address both servers bind; anything but "
+                             "loopback needs --auth (README: Servers)"),
+    allowed_host: list[str] = typer.Option(  # noqa: B008  (typer's way to declare an option)
+        [], "--allowed-host", help="another name clients reach the servers by, e.g. "
+        "mlops.example.org (repeatable); other Host headers are refused"),
+    auth: bool = typer.Option(False, help="MLflow's basic-auth app and Prefect's API auth "
+                              "($PREFECT_SERVER_API_AUTH_STRING=user:password)"),
 ):
-    """Start the Prefect server and the MLflow UI on 127.0.0.1 with the project's stores."""
+    """Start the Prefect server and the MLflow UI (127.0.0.1 by default) with the project's
+    stores; both stop with this command, even when it is killed."""
     import signal
     import sys
     import time
     from pathlib import Path
 
-    from flows.servers import local_servers
+    from flows.servers import exposure_problems, local_servers
 
-    # A SIGTERM (kill, a supervisor) unwinds like Ctrl-C, so both server groups get stopped.
+    problems = exposure_problems(host, auth)
+    if problems:
+        raise typer.BadParameter("; ".join(problems), param_hint="--host/--auth")
+    # A SIGTERM (kill, a supervisor) unwinds like Ctrl-C, so both server groups get stopped;
+    # a SIGKILL leaves that to the servers' watchdog (flows/servers.py).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with local_servers(Path.cwd(), prefect_port, mlflow_port, backend_store_uri) as (pf, ml):
-        typer.echo(f"Prefect UI  {pf.url}    (export PREFECT_API_URL={pf.api_url})")
+    with local_servers(Path.cwd(), prefect_port, mlflow_port, backend_store_uri, host=host,
+                       allowed_hosts=allowed_host,
+                       mlflow_app_name="basic-auth" if auth else None) as (pf, ml):
+        typer.echo(f"Prefect UI  {pf.url}    (export PREFECT_API_URL={pf.api_url}; pid "
+                   f"{pf.process.pid})")
         typer.echo(f"MLflow UI   {ml.url}    (export MLFLOW_TRACKING_URI={ml.url} to log "
-                   "through it; runs written straight to mlruns/mlflow.db show up as well)")
+                   f"through it; runs written straight to mlruns/mlflow.db show up as well; pid "
+                   f"{ml.process.pid})")
         typer.echo("Ctrl-C stops both.")
         try:
             while pf.process.poll() is None and ml.process.poll() is None:
@@ -261,6 +277,48 @@ def promote(
 
     promote_by_hand(configure(tracking_uri), model, version, reason)
     typer.echo(f"{champion_uri(model)} -> version {version}")
+
+
+@app.command()
+def gc(
+    work_dir: str = typer.Option(WORK_DIR, help="the checkpoints folder of the runs"),
+    keep: int = typer.Option(None, help="flow runs whose checkpoints stay whole (default "
+                             "$RNNFLOW_KEEP_CHECKPOINT_RUNS, else 3)", min=0),
+    unlogged: bool = typer.Option(False, help="also remove configurations no run logged (a "
+                                  "retry of their flow run could have resumed them)"),
+    versions: bool = typer.Option(False, help="also delete old model versions: each model "
+                                  "keeps its champion and its newest --keep-versions"),
+    keep_versions: int = typer.Option(3, help="newest versions kept per model with --versions",
+                                      min=0),
+    dry_run: bool = typer.Option(False, help="only say what would go"),
+    tracking_uri: str = typer.Option(None, help="MLflow store (default: mlruns/mlflow.db)"),
+):
+    """Free disk: checkpoints of logged configurations beyond the last runs (and, with
+    --versions, old non-champion model versions with their artefacts)."""
+    from pathlib import Path
+
+    from flows.housekeeping import disk_usage, prune_checkpoints, prune_model_versions
+    from tasks.tracking import configure
+    from tasks.tracking.store import sqlite_path
+
+    client = configure(tracking_uri)
+    db = sqlite_path(client.tracking_uri)
+    watched = {"checkpoints": Path(work_dir), **({"mlruns": db.parent} if db else {})}
+    before = {k: disk_usage(p) for k, p in watched.items()}
+    report = prune_checkpoints(work_dir, client, keep=keep, unlogged=unlogged, dry_run=dry_run)
+    for path in report.removed:
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {path}")
+    for path in report.kept_unlogged:
+        typer.echo(f"kept (not logged: `--unlogged` removes it) {path}")
+    typer.echo(("[dry run] " if dry_run else "") + "checkpoints: " + report.summary())
+    if versions:
+        vreport = prune_model_versions(client, keep=keep_versions, dry_run=dry_run)
+        for model, version in vreport.deleted:
+            typer.echo(f"{'would delete' if dry_run else 'deleted'} {model} version {version}")
+        typer.echo(("[dry run] " if dry_run else "") + "model versions: " + vreport.summary())
+    after = {k: disk_usage(p) for k, p in watched.items()}
+    typer.echo("disk: " + ", ".join(f"{k} {before[k] / 1e6:.1f} -> {after[k] / 1e6:.1f} MB"
+                                    for k in watched))
 
 
 if __name__ == "__main__":

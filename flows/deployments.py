@@ -9,6 +9,12 @@ Two routes register the same deployments (same names, entrypoints, parameters an
     rnnflow-pipeline/nightly       the pipeline, profile "default", every night at 02:00 Paris time
     <experiment flow>/on-demand    each experiment alone (e.g. ag-news/on-demand), no schedule
 
+Each deployment runs one flow run at a time (`CONCURRENCY`): a second run of the same deployment
+(a nightly run still going when someone triggers one, two `prefect deployment run`s) waits in
+AwaitingConcurrencySlot until the first finishes, instead of training beside it on the same
+cores and writing the same store. Prefect enforces this on the server, for every worker and
+serving process alike.
+
 Trigger one by hand with `prefect deployment run rnnflow-pipeline/nightly -p profile=smoke`.
 Flow runs start in the serving process's working directory: serve from the project root, so the
 default data/, checkpoints/ and mlruns/ are the project's.
@@ -16,6 +22,7 @@ default data/, checkpoints/ and mlruns/ are the project's.
 
 from __future__ import annotations
 
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 
@@ -27,6 +34,8 @@ TIMEZONE = "Europe/Paris"  # cron times are local to this zone (daylight saving 
 PIPELINE_DEPLOYMENT = "nightly"
 EXPERIMENT_DEPLOYMENT = "on-demand"
 TAGS = ["rnnflow"]
+# One flow run per deployment at a time; more are queued, not cancelled (prefect.yaml agrees).
+CONCURRENCY = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
 def pipeline_deployment(profile: str = "default", schedule_active: bool = True,
@@ -40,6 +49,7 @@ def pipeline_deployment(profile: str = "default", schedule_active: bool = True,
         "each new model version challenges its champion.",
         tags=[*TAGS, "pipeline"],
         entrypoint_type=EntrypointType.MODULE_PATH,  # flows.pipeline.pipeline: any working dir
+        concurrency_limit=CONCURRENCY,
     )
 
 
@@ -52,6 +62,7 @@ def experiment_deployments(profile: str = "default") -> list[RunnerDeployment]:
             description=(flow.description or "").strip().splitlines()[0],
             tags=[*TAGS, "experiment", name],
             entrypoint_type=EntrypointType.MODULE_PATH,
+            concurrency_limit=CONCURRENCY,
         )
         for name, flow in FLOWS.items()
     ]
