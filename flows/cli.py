@@ -244,24 +244,57 @@ def compare(
 
 @app.command()
 def predict(
-    model: str = typer.Argument(..., help="registered name (rnnflow-ag-news-lstm) or a task"),
-    inputs: str = typer.Option(..., "--input", help=".npy file: batch-first ids or features"),
+    model: str = typer.Argument(..., help="registered name (rnnflow-ag-news-lstm8), or a task "
+                                "with --config"),
     config: str = typer.Option(None, help="configuration name when MODEL is a task"),
-    output: str = typer.Option(None, help="write the predictions to this .npy file"),
+    text: str = typer.Option(None, help="AG News: a headline to classify"),
+    description: str = typer.Option(None, help="AG News: the article's first lines"),
+    prompt: str = typer.Option(None, help="character models: text to continue"),
+    inputs: str = typer.Option(None, "--input", help="raw inputs: .csv/.txt of titles or "
+                               "prompts, .csv/.npy of flows in passengers (README: Use the "
+                               "models); .npy batch for models without a serving spec"),
+    start: str = typer.Option(None, help="metro: time of the first value (07:30, or "
+                              "2019-01-21T07:30 for forecasts)"),
+    length: int = typer.Option(None, help="character models: characters to generate (200)"),
+    temperature: float = typer.Option(None, help="character models: sampling temperature (1)"),
+    seed: int = typer.Option(None, help="character models: sampling seed (0)"),
+    output: str = typer.Option(None, help="write the predictions to this .csv (.npy for arrays)"),
+    verify: bool = typer.Option(True, help="check the model's files against their recorded "
+                                "sha256 first (--no-verify: models logged without digests)"),
     tracking_uri: str = typer.Option(None, help="MLflow store (default: mlruns/mlflow.db)"),
 ):
-    """Load models:/<name>@champion and predict once on a .npy batch."""
+    """Predict with models:/<name>@champion from raw input: a headline, flows in passengers, a
+    prompt. Says which version (and evaluation scope) serves; errors are one line, exit 2."""
     import numpy as np
 
-    from tasks.tracking.inference import predict as predict_champion
+    from tasks.tracking.inference import PredictError, predict_raw
 
-    batch = np.load(inputs, allow_pickle=False)
-    out = predict_champion(model, batch, config=config, tracking_uri=tracking_uri)
+    try:
+        served, out = predict_raw(
+            model, config=config, tracking_uri=tracking_uri, verify=verify,
+            params={"length": length, "temperature": temperature, "seed": seed},
+            text=text, description=description, prompt=prompt, file=inputs, start=start)
+    except PredictError as err:
+        typer.echo(f"rnnflow predict: {err}", err=True)
+        raise typer.Exit(2) from None
+    checked = f"{served.files_checked} files match their sha256" if served.files_checked else \
+        "files NOT verified (--no-verify)"
+    typer.echo(f"serving {served.info.line()}; {checked}")
+    if not hasattr(out, "columns"):  # an array model: shapes, and classes for logits
+        out = np.asarray(out)
+        typer.echo(f"output {out.shape} {out.dtype}" + (
+            f"; argmax {out.argmax(axis=1).tolist()}" if out.ndim == 2 else ""))
+        if output:
+            np.save(output, out)
+        return
     if output:
-        np.save(output, out)
-    typer.echo(f"input {batch.shape} {batch.dtype} -> output {out.shape} {out.dtype}")
-    if out.ndim == 2:  # class logits: the predicted class per row
-        typer.echo(f"argmax: {out.argmax(axis=1).tolist()}")
+        out.to_csv(output, index=False)
+    if "text" in out.columns:  # generated text reads best as text
+        for row in out.itertuples(index=False):
+            typer.echo(f"{row.prompt}{row.text}")
+        return
+    shown = out[[c for c in out.columns if c != "probabilities"]]  # per-station lists: --output
+    typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
 @app.command()

@@ -51,7 +51,8 @@ class ServingInputError(ValueError):
 
 @dataclass(frozen=True)
 class Column:
-    """One input or output column: `type` is string | double | long | array<double>."""
+    """One input or output column: `type` is string | double | long | array<double> |
+    array<number> (a list of numbers, ints or floats: JSON passenger counts are ints)."""
 
     name: str
     type: str

@@ -124,7 +124,7 @@ class _MetroServer(Server):
         self.flow_names = [FLOW_NAMES[c] for c in self.cols]
 
     def flow_columns(self) -> list[Column]:
-        return [Column(name, "array<double>", required=name in self.flow_names,
+        return [Column(name, "array<number>", required=name in self.flow_names,
                        doc="consecutive quarter-hour passenger counts")
                 for name in FLOW_NAMES]
 

@@ -29,8 +29,8 @@ from tasks.tracking.models import champion_uri, model_name
 from tasks.tracking.names import SERVING_KIND_TAG
 from tasks.tracking.store import configure
 
-__all__ = ["IntegrityError", "Served", "champion_uri", "load_champion", "model_name",
-           "predict", "serve_champion"]
+__all__ = ["IntegrityError", "PredictError", "Served", "champion_uri", "load_champion",
+           "model_name", "predict", "predict_raw", "raw_inputs", "serve_champion"]
 
 
 @dataclass
@@ -92,3 +92,69 @@ def predict(task_or_name: str, inputs, config: str | None = None,
     for a model without a serving spec) in, the model's DataFrame (or array) out."""
     out = load_champion(task_or_name, config, tracking_uri).predict(inputs, params=params)
     return out if hasattr(out, "columns") else np.asarray(out)
+
+
+# --- `rnnflow predict`: raw input from the command line, one-line errors -------------------------
+class PredictError(RuntimeError):
+    """Why a prediction could not be made, in one line (no champion, a changed model, a missing
+    or malformed input file, input the model refuses)."""
+
+
+def raw_inputs(kind: str, text: str | None = None, description: str | None = None,
+               prompt: str | None = None, file: str | None = None, start: str | None = None):
+    """The model's raw input from the command line's options: columns, or an array."""
+    from rnn_core.serving.files import read_inputs
+
+    if file is not None:
+        return read_inputs(kind, file, start)
+    if kind == "text_classifier" and text is not None:
+        return {"title": [text], "description": [description or ""]}
+    if kind == "char_lm" and prompt is not None:
+        return {"prompt": [prompt]}
+    wanted = {"text_classifier": "--text HEADLINE or --input texts.csv",
+              "char_lm": "--prompt TEXT or --input prompts.csv",
+              "station_classifier": "--input window.csv|.npy (flows in passengers) --start HH:MM",
+              "flow_forecaster": "--input flows.csv|.npy (flows in passengers) --start "
+                                 "YYYY-MM-DDTHH:MM"}.get(kind, "--input batch.npy")
+    raise PredictError(f"this model ({kind}) takes {wanted}")
+
+
+def predict_raw(task_or_name: str, config: str | None = None, tracking_uri: str | None = None,
+                verify: bool = True, params: dict | None = None, **inputs):
+    """Load the champion (checked) and predict on raw input -> (Served, output); every failure
+    is a PredictError with one line saying what to fix."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from rnn_core.serving import ServingInputError
+    from rnn_core.serving.files import InputFileError
+
+    try:
+        served = serve_champion(task_or_name, config, tracking_uri, verify)
+        data = raw_inputs(served.kind, **inputs)
+        if isinstance(data, dict):
+            _check_columns(served, data)
+            data = pd.DataFrame(data)
+        params = {k: v for k, v in (params or {}).items() if v is not None} or None
+        return served, served.model.predict(data, params=params)
+    except (LookupError, IntegrityError, InputFileError, ServingInputError) as err:
+        raise PredictError(str(err)) from None
+    except MlflowException as err:  # the model refused the input (its own check or the schema)
+        message = str(err.message).strip()
+        # The schema check's message quotes the whole input first: keep what it says is wrong.
+        message = message.rsplit("Error: ", 1)[-1].strip().splitlines()
+        raise PredictError(message[0] if message else "the model refused the input") from None
+
+
+_HINTS = {"start": "--start, the time of the first value (07:30, or 2019-01-21T07:30)",
+          "title": "--text or a title column", "prompt": "--prompt or a prompt column"}
+
+
+def _check_columns(served: Served, data: dict) -> None:
+    """Required input columns the command line did not give, named with the option to use."""
+    schema = served.model.metadata.get_input_schema()
+    missing = [c.name for c in (schema.inputs if schema else [])
+               if getattr(c, "required", False) and c.name not in data]
+    if missing:
+        raise PredictError("this model also needs " + "; ".join(
+            _HINTS.get(name, f"a {name} column") for name in missing))

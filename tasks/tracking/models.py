@@ -27,7 +27,7 @@ import mlflow
 import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
-from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec
+from mlflow.types.schema import AnyType, Array, ColSpec, DataType, ParamSchema, ParamSpec
 
 from rnn_core.models import build_model
 from rnn_core.results import RunResult
@@ -39,8 +39,10 @@ _PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 _LIBRARY = Path(__file__).resolve().parents[2] / "rnn_core"  # shipped as the model's code
 # Explicit requirements: inferring them costs ~10 s per logged model (../shared/STACK.md).
 _PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "mlflow==3.17.2"]
+# array<number>: MLflow's Array(double) refuses a list of ints ("cannot safely convert int64"),
+# and passenger counts arrive as JSON ints; the server checks those lists itself.
 _TYPES = {"string": DataType.string, "double": DataType.double, "long": DataType.long,
-          "array<double>": Array(DataType.double)}
+          "array<double>": Array(DataType.double), "array<number>": AnyType()}
 
 # Per-model "Downloading artifacts" bars flood a run's log (one per logged or loaded model).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
