@@ -55,8 +55,10 @@ def disk_usage(path: str | os.PathLike) -> int:
 
 
 def _newest_mtime(folder: Path) -> float:
-    times = [f.stat().st_mtime for f in folder.rglob("*")]
-    return max([folder.stat().st_mtime, *times])
+    """When a run last wrote a file there (directories do not count: pruning one of them
+    would make an old run look new)."""
+    times = [f.stat().st_mtime for f in folder.rglob("*") if f.is_file()]
+    return max(times) if times else folder.stat().st_mtime
 
 
 def checkpoint_runs(work_dir: str | os.PathLike) -> list[Path]:
