@@ -15,8 +15,10 @@ the task or flow run runs again, and that retry closes the crashed attempt's run
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
+from mlflow import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
@@ -47,13 +49,26 @@ def train_configuration(
 ) -> tuple[SummaryRow, RunResult]:
     """Train and evaluate one configuration (resuming from work_dir) as a live child run of
     `parent_run_id`; returns its summary row and the result."""
-    exp = experiments.get(experiment) if isinstance(experiment, str) else experiment
     client = tracking.configure(tracking_uri)
+    run_id, result = train_tracked(experiment, config, config_name, manifests, work_dir, client,
+                                   parent_run_id, tags, get_run_logger())
+    row = log_child_run(result, run_id, parent_run_id, client.tracking_uri, tags, manifests)
+    return row, result
+
+
+def train_tracked(experiment: str | Experiment, config, config_name: str,
+                  manifests: dict[str, Any], work_dir: str, client: MlflowClient,
+                  parent_run_id: str, tags: dict[str, str],
+                  logger: logging.Logger | logging.LoggerAdapter) -> tuple[str, RunResult]:
+    """The train task's body (no Prefect needed): open the child run, train with the runner
+    while epochs and system metrics stream into it; returns (run id, result). The run is left
+    RUNNING for the log step, or FAILED when training raised."""
+    exp = experiments.get(experiment) if isinstance(experiment, str) else experiment
     with tracking_guard(client.tracking_uri):  # a store that is gone: one line, nothing trained
         run_id = start_child_run(client, exp.name, config_name, parent_run_id,
                                  exp.headline.metric, str(resolve_device(config.train.device)),
                                  extra_tags=tags)
-    callbacks = [PrefectProgress(f"{exp.name}/{config_name}", get_run_logger()),
+    callbacks = [PrefectProgress(f"{exp.name}/{config_name}", logger),
                  TrainingProgress(exp.name, config_name, config.train.epochs),
                  EpochMetrics(client, run_id)]
     try:
@@ -64,8 +79,7 @@ def train_configuration(
         with contextlib.suppress(Exception):  # the training's error is the one to report
             client.set_terminated(run_id, status="FAILED")
         raise
-    row = log_child_run(result, run_id, parent_run_id, client.tracking_uri, tags, manifests)
-    return row, result
+    return run_id, result
 
 
 @task(name="log-to-mlflow", cache_policy=NO_CACHE, persist_result=False, retries=2,

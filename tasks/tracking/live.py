@@ -88,6 +88,7 @@ def system_metrics(run_id: str, tracking_uri: str, sampling_interval: float = 10
     """MLflow's system-metrics monitor on `run_id` while the block runs (CPU, memory, disk,
     network; GPU with nvidia-ml-py). `MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL` overrides the
     interval. Without psutil it says so once and the block runs unmonitored."""
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -96,7 +97,6 @@ def system_metrics(run_id: str, tracking_uri: str, sampling_interval: float = 10
     except Exception as err:  # noqa: BLE001  (psutil missing, ...): train unmonitored
         _log.warning("no system metrics for run %s: %s", run_id, err)
         monitor = None
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines
     if monitor is not None:
         monitor.start()
     try:
