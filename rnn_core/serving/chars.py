@@ -56,8 +56,11 @@ class CharGenerator(Server):
         self.index = {c: i for i, c in enumerate(self.vocab)}
 
     def example(self) -> dict[str, list]:
-        return {"prompt": ["We are going to " if self.spec.get("cleaner") == "trump"
-                           else "".join(self.vocab[: min(len(self.vocab), 8)])]}
+        """A prompt in the model's characters (the corpus' usual one when it fits)."""
+        for prompt in ("We are going to ", "SGANARELLE.\n\n", "the ", ""):
+            if all(c in self.index for c in prompt):
+                return {"prompt": [prompt]}
+        return {"prompt": [""]}
 
     def clean(self, prompt: str) -> str:
         corpus = self.spec.get("cleaner")
