@@ -13,6 +13,7 @@ from flows.prepare import ALL_DATASETS, prepare_data
 from flows.profiles import load_profile
 from flows.runners import shared_tracking, task_runner, uses_dask
 from flows.settings import DATA_DIR, WORK_DIR
+from flows.supervise import clear_record, record_run
 from rnn_core import experiments
 from tasks import tracking
 from tasks.experiments import log_pipeline_summary
@@ -40,25 +41,29 @@ def pipeline(
     workers: int = 0,
     cluster: str | None = None,
     force: bool = False,
+    resume: str | None = None,
 ) -> dict[str, list[SummaryRow]]:
     """Prepare data, then train and evaluate each experiment of `profile` (or only those named).
 
     `workers` > 1 trains that many configurations at once on a local Dask cluster; `cluster`
     (tcp://HOST:PORT) uses an existing Dask scheduler instead; neither = one at a time here.
     A configuration whose data, config, code and seed are unchanged since a logged run reuses
-    that run; `force` retrains it.
+    that run; `force` retrains it. `resume`: the pipeline id of a killed run to continue
+    (its finished configurations are kept, the interrupted one resumes from its checkpoint).
     """
     chosen = load_profile(profile, only=only)  # the whole profile is checked before any work
     names = list(only or chosen.experiments)
     configs = {name: chosen.config(name) for name in names}
     manifests = prepare_data(datasets=datasets_needed(names, configs), data_dir=data_dir,
                              **chosen.data)
-    pipeline_id = str(flow_run.id or "local")
+    pipeline_id = resume or str(flow_run.id or "local")
     runner = task_runner(workers, cluster)  # a scheduler that cannot be reached fails here
     # Absolute, so a worker (or a task retried on another worker) finds the same checkpoints.
     work_dir = str(Path(work_dir).resolve())
     uri = tracking_uri or tracking.default_tracking_uri()
     log_dir = Path(work_dir) / pipeline_id / "logs"
+    # A record of this run while it runs: if its process is killed, the next start finds it.
+    record_run(str(flow_run.id or "local"), pipeline_id, uri, str(profile), only)
     with shared_tracking(uri, log_dir, many_writers=uses_dask(workers, cluster)) as uri:
         # Every configuration of every experiment is one task of the grid (one flow run).
         results = train_grid.with_options(task_runner=runner)(
@@ -67,4 +72,7 @@ def pipeline(
     # One run in rnnflow/pipeline with the table across every task of this pipeline run.
     rows = [row for task_rows in results.values() for row in task_rows]
     log_pipeline_summary(rows, pipeline_id, chosen.name, tracking_uri)
+    clear_record(str(flow_run.id or "local"))  # finished: nothing to resume
+    if resume:
+        clear_record(resume)  # the killed run it continued
     return results

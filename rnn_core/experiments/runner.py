@@ -110,6 +110,8 @@ def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetMa
 
     # -- train (resumes from work_dir/name/last.pt) ----------------------------------------------
     run_dir = work_dir / name
+    for partial in run_dir.glob(".*.tmp"):  # a checkpoint write cut short by a kill
+        partial.unlink(missing_ok=True)
     keep = KeepBest(model, run_dir / BEST, *exp.select_on) if tc.select_epoch == "best_val" else None
     trained = train(
         model, batches.train, tc, eval_batches=batches.val,

@@ -17,6 +17,7 @@ Modules: `names` (every tag, metric and model name), `store` (URI, client, exper
 
 from tasks.tracking.models import champion_uri, model_name, registered_name
 from tasks.tracking.names import EXPERIMENT_PREFIX, PARENT_RUN_TAG
+from tasks.tracking.recovery import close_running
 from tasks.tracking.runs import (
     finish_parent_run,
     log_pipeline_summary,
@@ -33,6 +34,7 @@ __all__ = [
     "PARENT_RUN_TAG",
     "SummaryRow",
     "champion_uri",
+    "close_running",
     "configure",
     "default_tracking_uri",
     "experiment_id",
