@@ -88,8 +88,15 @@ def run(
         "at a time in this process)", min=0),
     cluster: str = typer.Option(
         None, help="an existing Dask scheduler, tcp://HOST:PORT (started with `dask scheduler`)"),
+    force: bool = typer.Option(
+        False, "--force", help="retrain configurations whose data, config, code and seed are "
+        "unchanged since a logged run (default: reuse that run)"),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the last killed run (its profile and experiments): "
+        "finished configurations are kept, the interrupted one resumes from its checkpoint"),
 ):
     """Prepare the data, then train and evaluate every experiment of a profile."""
+    import os
     import sys
     import time
 
@@ -107,22 +114,49 @@ def run(
         typer.echo(f"rnnflow run: {err}", err=True)
         raise typer.Exit(2) from None
 
+    from flows import supervise
+
+    if not os.environ.get(supervise.SUPERVISED):  # this process only watches the real run
+        raise typer.Exit(supervise.supervise([sys.executable, "-m", "flows.cli", *sys.argv[1:]]))
+    supervise.exit_on_signals()
+
     from flows.pipeline import pipeline
+
+    killed = supervise.close_killed_runs()  # runs whose process died: Crashed / KILLED now
+    resume_id = None
+    if resume:
+        if not killed:
+            typer.echo("rnnflow run: --resume: no killed run to continue", err=True)
+            raise typer.Exit(2)
+        last = killed[0]
+        resume_id, profile, only = last["pipeline_id"], last["profile"], last["only"]
+        typer.echo(f"Resuming pipeline run {resume_id} (profile {profile}).")
+    elif killed:
+        typer.echo(f"{len(killed)} killed run(s) marked Crashed; `rnnflow run --resume` "
+                   f"continues the last one ({killed[0]['pipeline_id']}).")
 
     started = time.perf_counter()
     results = pipeline(
         profile=profile, data_dir=data_dir, work_dir=work_dir, tracking_uri=tracking_uri,
-        only=only or None, workers=workers, cluster=cluster,
+        only=only or None, workers=workers, cluster=cluster, force=force, resume=resume_id,
     )
     table = Table(title=f"rnnflow pipeline, profile {profile}")
-    for column in ("experiment", "configuration", "headline", "value", "seconds", "device"):
+    for column in ("experiment", "configuration", "headline", "value", "seconds", "device",
+                   "champion"):
         table.add_column(column)
+    reused = 0
     for name, rows in results.items():
         for row in rows:
+            reused += row.champion == "reused"
             table.add_row(name, row.config, row.headline_metric, f"{row.headline:.4g}",
-                          f"{row.seconds:.0f}", row.device)
+                          f"{row.seconds:.0f}", row.device, row.champion or "-")
     console = Console(width=None if sys.stdout.isatty() else 120)  # logs: no truncated cells
     console.print(table)
+    if reused:
+        total = sum(len(rows) for rows in results.values())
+        console.print(f"{reused} of {total} configurations reused: data, config, code and seed "
+                      "unchanged since their logged run (seconds are that run's); --force "
+                      "retrains them.")
     console.print(f"Done in {time.perf_counter() - started:.0f} s. Open the results with "
                   "`make ui` (MLflow at http://127.0.0.1:5000).")
 
