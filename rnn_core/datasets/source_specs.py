@@ -1,8 +1,8 @@
-"""Typed view of data/sources.toml: datasets, their files, checksums and upstream sources.
+"""Typed view of sources.toml: datasets, their files, checksums and upstream sources.
 
 Loading validates everything up front (unknown keys, malformed digests, unsafe archive member
 names, dangling fallbacks) so a typo fails with the file and the entry named, before any
-download starts. See data/sources.toml for the format.
+download starts. See rnn_core/datasets/sources.toml for the format.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 
 from rnn_core.datasets.archives import is_safe_member_name
 
-# The project's own data/sources.toml (rnn_core/ sits beside data/ in the repository).
-DEFAULT_SOURCES_FILE = Path(__file__).resolve().parents[2] / "data" / "sources.toml"
+# The project's own sources.toml: package data beside this module, so a wheel install (not only
+# the repository checkout) knows where the datasets come from.
+DEFAULT_SOURCES_FILE = Path(__file__).resolve().with_name("sources.toml")
 
 # Digest lengths in hex characters; the order is the order of preference.
 HASH_HEX_LENGTH = {"sha256": 64, "md5": 32}

@@ -1,4 +1,4 @@
-"""Where the raw data comes from (data/sources.toml), and fetching it safely.
+"""Where the raw data comes from (rnn_core/datasets/sources.toml), and fetching it safely.
 
 `fetch` puts one verified file at `<raw_dir>/<dataset>/<name>`: it keeps a copy already there
 when its checksum matches, otherwise tries the mirror ($RNN_DATA_MIRROR: a folder or a base URL,
