@@ -23,6 +23,7 @@ from flows.runners import gpu_annotation
 from rnn_core import experiments
 from rnn_core.fingerprints import fingerprint
 from tasks import tracking
+from tasks.artifacts import publish_run_link, publish_summary
 from tasks.experiments import challenge_champion
 from tasks.tracking import SummaryRow
 from tasks.tracking.compare import finished_child, run_row
@@ -88,6 +89,8 @@ def train_grid(configs: dict[str, Any], profile: str, manifests: dict[str, dict]
                     config, results[name], Path(work_dir) / pipeline_id / name / "summary")
                 tracking.log_report(client, parents[name], report.figures, report.texts)
             status = "FAILED" if any(n == name for n, _, _ in failed) else "FINISHED"
+            publish_summary(rows[name], name)  # Prefect UI: the table, a link to the MLflow run
+            publish_run_link(client.tracking_uri, parents[name], name)
             tracking.finish_parent_run(client, parents.pop(name), status=status,
                                        rows=rows[name])
     except BaseException:

@@ -16,6 +16,7 @@ from flows.settings import DATA_DIR, WORK_DIR
 from flows.supervise import clear_record, record_run
 from rnn_core import experiments
 from tasks import tracking
+from tasks.artifacts import publish_run_link, publish_summary
 from tasks.experiments import log_pipeline_summary
 from tasks.tracking import SummaryRow
 
@@ -71,7 +72,9 @@ def pipeline(
             tracking_uri=uri, pipeline_id=pipeline_id, force=force)
     # One run in rnnflow/pipeline with the table across every task of this pipeline run.
     rows = [row for task_rows in results.values() for row in task_rows]
-    log_pipeline_summary(rows, pipeline_id, chosen.name, tracking_uri)
+    summary_run = log_pipeline_summary(rows, pipeline_id, chosen.name, tracking_uri)
+    publish_summary(rows, "pipeline")  # Prefect UI: the table across tasks, a link to its run
+    publish_run_link(tracking_uri, summary_run, "pipeline")
     clear_record(str(flow_run.id or "local"))  # finished: nothing to resume
     if resume:
         clear_record(resume)  # the killed run it continued
