@@ -99,6 +99,12 @@ def exposure_problems(host: str, auth: bool, env: dict[str, str] | None = None) 
         if not env.get(AUTH_ENV):
             problems.append(f"--auth needs {AUTH_ENV}=user:password for Prefect's API (clients "
                             "set PREFECT_API_AUTH_STRING to the same value)")
+        if not env.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
+            problems.append("--auth needs MLFLOW_FLASK_SERVER_SECRET_KEY (MLflow's basic-auth "
+                            "app signs its CSRF tokens with it)")
+        if not (env.get("MLFLOW_AUTH_ADMIN_PASSWORD") or env.get("MLFLOW_AUTH_CONFIG_PATH")):
+            problems.append("--auth needs MLFLOW_AUTH_ADMIN_PASSWORD (the first admin's "
+                            "password) or MLFLOW_AUTH_CONFIG_PATH (your own basic_auth.ini)")
         try:
             import flask_wtf  # noqa: F401  (what MLflow's basic-auth app imports)
         except ImportError:
