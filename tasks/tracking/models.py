@@ -17,8 +17,13 @@ challenges the champion (`champion.py`). The sha256 of every file is recorded at
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import re
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -29,6 +34,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 from mlflow.types.schema import AnyType, Array, ColSpec, DataType, ParamSchema, ParamSpec
 
+import rnn_core
 from rnn_core.models import build_model
 from rnn_core.results import RunResult
 from rnn_core.serving import Server, save_spec, server_for
@@ -36,7 +42,7 @@ from tasks.tracking.names import CHAMPION_ALIAS, MODEL_PREFIX
 
 MODEL_ARTIFACT = "model"  # the logged model's name within its run
 _PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
-_LIBRARY = Path(__file__).resolve().parents[2] / "rnn_core"  # shipped as the model's code
+_LIBRARY = Path(rnn_core.__file__).resolve().parent  # shipped as the model's code
 # Explicit requirements: inferring them costs ~10 s per logged model (../shared/STACK.md).
 _PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "mlflow==3.17.2"]
 # array<number>: MLflow's Array(double) refuses a list of ints ("cannot safely convert int64"),
@@ -127,6 +133,31 @@ def library_copy(folder: Path) -> Path:
     return target
 
 
+# What MLflow prints to stderr for every model it registers (two lines each; the champion step
+# logs the version anyway), and its INFO line per input example: dropped. Anything else printed
+# passes through.
+_CHATTER = re.compile(r"^(Successfully registered model |Created version '|Registered model "
+                      r".* already exists)")
+
+
+@contextlib.contextmanager
+def quiet_registration():
+    """stderr without MLflow's per-model registration lines (they are `print`s, not logs)."""
+    buffer = io.StringIO()
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")  # "Validating input example ..." per model
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(max(level, logging.WARNING))
+    try:
+        with contextlib.redirect_stderr(buffer):
+            yield
+    finally:
+        pyfunc_log.setLevel(level)
+        kept = [line for line in buffer.getvalue().splitlines(keepends=True)
+                if not _CHATTER.match(line)]
+        if kept:
+            sys.stderr.write("".join(kept))
+
+
 def log_model(run_id: str, result: RunResult) -> tuple[str, str]:
     """Log the pyfunc into the child run and register it; returns (version, model URI).
 
@@ -142,7 +173,7 @@ def log_model(run_id: str, result: RunResult) -> tuple[str, str]:
         artifacts = {"checkpoint": str(result.checkpoint)}
         if spec_dir is not None:
             artifacts["serving"] = str(spec_dir)
-        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings(), quiet_registration():
             # Deliberate: predict's inputs are described by the explicit signature, not by
             # type hints MLflow would infer them from.
             warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
