@@ -28,6 +28,7 @@ from tasks.experiments import challenge_champion
 from tasks.tracking import SummaryRow
 from tasks.tracking.compare import finished_child, run_row
 from tasks.tracking.reuse import fingerprint_tags, record_reuse, reusable_child
+from tasks.tracking.store import TrackingUnavailable, is_unreachable
 from tasks.training import train_configuration
 
 
@@ -93,10 +94,14 @@ def train_grid(configs: dict[str, Any], profile: str, manifests: dict[str, dict]
             publish_run_link(client.tracking_uri, parents[name], name)
             tracking.finish_parent_run(client, parents.pop(name), status=status,
                                        rows=rows[name])
-    except BaseException:
-        for parent in parents.values():
-            tracking.finish_parent_run(client, parent, status="FAILED")
+    except BaseException as err:
+        if not is_unreachable(err):  # a lost store cannot close its runs: a retry does
+            for parent in parents.values():
+                tracking.finish_parent_run(client, parent, status="FAILED")
         raise
+    lost = [e for _, _, e in failed if isinstance(e, TrackingUnavailable)]
+    if lost:  # one line naming the store and where the trained checkpoints are
+        raise lost[0]
     if failed:
         names = ", ".join(f"{n}/{c} ({type(e).__name__}: {e})" for n, c, e in failed)
         raise RuntimeError(f"{len(failed)} configuration(s) failed: {names}")

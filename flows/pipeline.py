@@ -9,6 +9,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.grid import train_grid
+from flows.housekeeping import prune_old_checkpoints
 from flows.prepare import ALL_DATASETS, prepare_data
 from flows.profiles import load_profile
 from flows.runners import shared_tracking, task_runner, uses_dask
@@ -75,6 +76,8 @@ def pipeline(
     summary_run = log_pipeline_summary(rows, pipeline_id, chosen.name, tracking_uri)
     publish_summary(rows, "pipeline")  # Prefect UI: the table across tasks, a link to its run
     publish_run_link(tracking_uri, summary_run, "pipeline")
+    # Bounded disk: checkpoints of older runs' logged configurations go (the last K runs stay).
+    prune_old_checkpoints(work_dir, tracking_uri, current=pipeline_id)
     clear_record(str(flow_run.id or "local"))  # finished: nothing to resume
     if resume:
         clear_record(resume)  # the killed run it continued
