@@ -18,11 +18,13 @@ fused backend), so adding a cell touches no other file:
     get_cell("mycell"), cell_names()  # lookup (a clear error for unknown names), listing
 
 Optional hooks: `parameter_shapes` (a cell whose parameters are not torch.nn's G*H blocks),
-`nonlinearities` + `step` (a cell with a choice of nonlinearity, like the vanilla RNN).
+`nonlinearities` + `step` (a cell with a choice of nonlinearity, like the vanilla RNN), `kernel`
+(the whole sequence forward and backward by hand: the built-in cells' `rnn_core.bptt`).
 
 Per step, a cell's `one_step(x, state)` is `recur(project_input(x), state, W_hh^T, b_hh)`; over
-a sequence, `run_sequence` projects all L x B inputs in one matmul and `scan` runs `recur` per
-step. Built-in cells match `torch.nn.RNNCell / LSTMCell / GRUCell` (names, shapes, gate order,
+a sequence, `run_sequence` projects all L x B inputs in one matmul, then runs the cell's `kernel`
+when it has one (one autograd node for the sequence, same numbers) or else `scan`, which calls
+`recur` per step under autograd. Built-in cells match `torch.nn.RNNCell / LSTMCell / GRUCell` (names, shapes, gate order,
 init), so state_dicts move between them with strict=True:
 
     weight_ih  G*H x input_size    weight_hh  G*H x H    bias_ih, bias_hh  G*H
@@ -42,6 +44,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rnn_core import bptt
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
 
@@ -198,6 +202,17 @@ class Cell(nn.Module):
         return cls.recur
 
     @classmethod
+    def kernel(cls, nonlinearity: str = "tanh"):
+        """Optional: one layer-direction with a hand-written backward through time,
+
+            kernel(x L x B x D, state, weight_ih, weight_hh, bias_ih, bias_hh,
+                   mask L x B x 1 | None, reverse) -> (states L x B x H, final state)
+
+        computing exactly what `run_sequence` computes by scanning `step` (the built-in cells:
+        rnn_core.bptt). None (the default): `run_sequence` scans `step` under autograd."""
+        return
+
+    @classmethod
     def check_nonlinearity(cls, nonlinearity: str) -> None:
         if cls.nonlinearities is not None and nonlinearity not in cls.nonlinearities:
             choices = " or ".join(cls.nonlinearities)
@@ -242,15 +257,25 @@ class Cell(nn.Module):
 
     @classmethod
     def run_sequence(
-        cls, step, x, state, weight_ih, weight_hh, bias_ih, bias_hh, masks=None, reverse=False
+        cls, step, x, state, weight_ih, weight_hh, bias_ih, bias_hh, masks=None, reverse=False,
+        kernel=None,
     ):
-        """x L x B x input_size -> (L states h_t B x H, final state): the input's part of every
-        gate in one matmul over all L x B steps (b_hh folded in where allowed), then `scan`."""
+        """x L x B x input_size -> (states h_t L x B x H, final state): the input's part of every
+        gate in one matmul over all L x B steps (b_hh folded in where allowed), then `kernel`
+        (a cell's `kernel(...)`, when given) or `scan` over `step`.
+
+        masks: None, or L x B x 1 bool (a list of L B x 1 masks is accepted too)."""
+        if masks is not None and not isinstance(masks, torch.Tensor):
+            masks = torch.stack(list(masks))
+        if kernel is not None:
+            return kernel(x, state, weight_ih, weight_hh, bias_ih, bias_hh, masks, reverse)
         if cls.folds_hh_bias:
             xp, b_hh = F.linear(x, weight_ih, bias_ih + bias_hh), None
         else:
             xp, b_hh = F.linear(x, weight_ih, bias_ih), bias_hh
-        return scan(step, xp.unbind(0), state, weight_hh.t(), b_hh, masks, reverse)
+        steps = None if masks is None else masks.unbind(0)
+        hs, final = scan(step, xp.unbind(0), state, weight_hh.t(), b_hh, steps, reverse)
+        return torch.stack(hs), final
 
     # --- one cell's parameters ------------------------------------------------------------------
 
@@ -260,6 +285,7 @@ class Cell(nn.Module):
         for name, shape in self.parameter_shapes(input_size, hidden_size).items():
             self.register_parameter(name, nn.Parameter(torch.empty(shape)))
         self._step = self.step(nonlinearity)
+        self._kernel = self.kernel(nonlinearity)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -276,11 +302,12 @@ class Cell(nn.Module):
         return self._step(self.project_input(x), state, self.weight_hh.t(), self.bias_hh)
 
     def sequence(self, x: torch.Tensor, state: State | None = None):
-        """x: L x B x input_size -> (L states h_t B x H, final state); zero initial state if None."""
+        """x: L x B x input_size -> (states h_t L x B x H, final state); zero initial state if
+        None. Same numbers as `one_step` repeated (the cell's kernel when it has one)."""
         if state is None:
             state = self.initial_state(x.shape[1], x)
         params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        return self.run_sequence(self._step, x, state, *params)
+        return self.run_sequence(self._step, x, state, *params, kernel=self._kernel)
 
     def initial_state(self, batch: int, like: torch.Tensor) -> State:
         return self.zero_state((batch, self.hidden_size), like)
@@ -310,6 +337,16 @@ class RNNCell(Cell):
     def step(cls, nonlinearity: str = "tanh"):
         return partial(rnn_recur, activation=_activation(nonlinearity))
 
+    @classmethod
+    def kernel(cls, nonlinearity: str = "tanh"):
+        _activation(nonlinearity)  # unknown names fail here, as in `step`
+
+        def rnn(x, state, weight_ih, weight_hh, bias_ih, bias_hh, mask, reverse):
+            return bptt.rnn_layer(x, state, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity,
+                                  mask, reverse)
+
+        return rnn
+
 
 @register_cell("lstm")
 class LSTMCell(Cell):
@@ -320,6 +357,10 @@ class LSTMCell(Cell):
     fused = nn.LSTM
     recur = staticmethod(lstm_recur)
 
+    @classmethod
+    def kernel(cls, nonlinearity: str = "tanh"):
+        return _lstm_kernel
+
 
 @register_cell("gru")
 class GRUCell(Cell):
@@ -329,6 +370,18 @@ class GRUCell(Cell):
     folds_hh_bias = False
     fused = nn.GRU
     recur = staticmethod(gru_recur)
+
+    @classmethod
+    def kernel(cls, nonlinearity: str = "tanh"):
+        return _gru_kernel
+
+
+def _lstm_kernel(x, state, weight_ih, weight_hh, bias_ih, bias_hh, mask, reverse):
+    return bptt.lstm_layer(x, tuple(state), weight_ih, weight_hh, bias_ih, bias_hh, mask, reverse)
+
+
+def _gru_kernel(x, state, weight_ih, weight_hh, bias_ih, bias_hh, mask, reverse):
+    return bptt.gru_layer(x, state, weight_ih, weight_hh, bias_ih, bias_hh, mask, reverse)
 
 
 # --- sequence models with the course's one_step / forward / decode contract ---------------------
@@ -367,9 +420,10 @@ class RNN(nn.Module):
         if x.dim() != 3:
             raise ValueError(f"RNN.forward expects L x B x input_size, got shape {tuple(x.shape)}")
         # The registered cell's sequence loop: all input projections in one matmul (L x B x H,
-        # both biases folded in), then one `recur` per step (see `Cell.run_sequence`, `scan`).
+        # both biases folded in), then the recurrence by the cell's hand-written kernel (its
+        # forward is `one_step` repeated; see `Cell.run_sequence` and rnn_core.bptt).
         states, _ = self.cell.sequence(x, h)  # h None: zero initial state
-        return torch.stack(states)  # L x B x H
+        return states  # L x B x H
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         return self.decoder(h)
@@ -418,11 +472,10 @@ class MikolovRNN(nn.Module):
             raise ValueError(f"MikolovRNN.forward expects L x B ids, got {tuple(chars.shape)}")
         if h is None:
             h = self.weight.new_zeros(chars.shape[1], self.hidden_size)
-        states = []
-        for xp_t in self._project_chars(chars).unbind(0):
-            h = self._recur(xp_t, h)
-            states.append(h)
-        return torch.stack(states)
+        # `one_step` repeated, by the hand-written sigmoid-RNN kernel (rnn_core.bptt).
+        w_hh = self.weight[:, self.vocab_size :]
+        states, _ = bptt.rnn_sequence(self._project_chars(chars), h, w_hh, "sigmoid")
+        return states
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         return self.output(h)

@@ -13,8 +13,10 @@ Nothing here depends on which cell runs: gates, parameter shapes, state structur
 and the step come from the cell class, so a new cell needs no change in this file.
 
 How it stays fast: per layer and direction, the input's part of every gate is one matmul over all
-L x B steps (with bias_hh folded in where the cell allows), split per step with `unbind`; the
-loop (`rnn_core.cells.scan`) then calls the cell's step once per step.
+L x B steps (with bias_hh folded in where the cell allows); the recurrence is then the cell's
+`kernel` (the built-in cells: rnn_core.bptt, forward and backward through time by hand, one
+autograd node per sequence) or, for a cell without one, `rnn_core.cells.scan` calling the cell's
+step once per step.
 
 How masking works: a padded step keeps the previous state (`torch.where` on every state tensor).
 Running the reverse direction from position L-1 therefore carries h0 unchanged until each
@@ -102,9 +104,9 @@ class ScratchRecurrent(nn.Module):
         return [cell.join_state(p) for p in zip(*(part.unbind(0) for part in parts), strict=True)]
 
     def _masks(self, lengths, length: int, batch: int, device):
-        """-> (steps to run, per-step B x 1 bool masks or None, L' x B x 1 output mask or None)."""
+        """-> (steps to run, L' x B x 1 bool mask or None)."""
         if lengths is None:
-            return length, None, None
+            return length, None
         lengths = torch.as_tensor(lengths)
         if lengths.shape != (batch,):
             raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
@@ -112,11 +114,11 @@ class ScratchRecurrent(nn.Module):
         if shortest < 1 or longest > length:
             raise ValueError(f"lengths must lie in [1, {length}], got {shortest}..{longest}")
         if shortest == length:  # nothing padded: skip the masking ops
-            return length, None, None
+            return length, None
         # Steps past the longest sequence are padding for everyone: do not run them at all.
         steps = torch.arange(longest, device=device).unsqueeze(1)  # L' x 1
         mask = (steps < lengths.to(device).unsqueeze(0)).unsqueeze(2)  # L' x B x 1
-        return longest, list(mask.unbind(0)), mask
+        return longest, mask
 
     # --- forward ------------------------------------------------------------------------------
 
@@ -128,8 +130,9 @@ class ScratchRecurrent(nn.Module):
         cell = self.cell_type
         length, batch = x.shape[0], x.shape[1]
         states = self._initial_states(h0, batch, x)
-        steps, masks, out_mask = self._masks(lengths, length, batch, x.device)
+        steps, mask = self._masks(lengths, length, batch, x.device)
         step = cell.step(self.nonlinearity)  # options bound once per call, not per step
+        kernel = cell.kernel(self.nonlinearity)  # None: scan `step`
         layer_input = x[:steps]
         finals = []
         for layer in range(self.num_layers):
@@ -141,16 +144,17 @@ class ScratchRecurrent(nn.Module):
                     layer_input,
                     states[layer * self.num_directions + direction],
                     *params,
-                    masks=masks,
+                    masks=mask,
                     reverse=direction == 1,
+                    kernel=kernel,
                 )
-                outputs.append(torch.stack(hs))  # L' x B x H
+                outputs.append(hs)  # L' x B x H
                 finals.append(cell.state_parts(final))
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         # Padded steps carry the state along; the contract wants zeros there.
-        out = layer_input if out_mask is None else layer_input * out_mask
+        out = layer_input if mask is None else layer_input * mask
         if steps < length:
             out = F.pad(out, (0, 0, 0, 0, 0, length - steps))
         # finals: (layers*dirs) tuples of B x H parts -> each part stacked to (layers*dirs) x B x H

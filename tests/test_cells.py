@@ -192,7 +192,7 @@ def test_cell_sequence_is_one_step_repeated_for_tuple_states():
     for x_t in x:
         step_state = cell.one_step(x_t, step_state)
         expected.append(step_state[0])
-    torch.testing.assert_close(torch.stack(hs), torch.stack(expected))
+    torch.testing.assert_close(hs, torch.stack(expected))
     torch.testing.assert_close(final, step_state)
     zero_h, zero_c = cell.initial_state(B, x)
     assert zero_h.shape == zero_c.shape == (B, H) and not zero_h.any()

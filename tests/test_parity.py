@@ -172,3 +172,106 @@ def test_scratch_matches_fused_on_cuda(cell):
     got, want = _run(scratch, x, h0, lengths, weights), _run(fused, x, h0, lengths, weights)
     torch.testing.assert_close(got[:3], want[:3], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(got[3], want[3], atol=1e-6, rtol=1e-6)
+
+
+# --- the hand-written backward through time (rnn_core.bptt) --------------------------------------
+
+
+def _params(*shapes, dtype=torch.float64):
+    return [torch.randn(*s, dtype=dtype, requires_grad=True) for s in shapes]
+
+
+def _gradcheck_layer(cell, hidden, masked, reverse, activation="tanh"):
+    from rnn_core import bptt
+
+    length, batch, inputs = 4, 3, 2
+    mask = None
+    if masked:
+        lengths = torch.tensor([4, 1, 3])
+        mask = (torch.arange(length).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(2)
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    x, h0, c0 = _params((length, batch, inputs), (batch, hidden), (batch, hidden))
+    weights = _params((gates * hidden, inputs), (gates * hidden, hidden), (gates * hidden,),
+                      (gates * hidden,))
+    if cell == "lstm":
+        def fn(x, h0, c0, *w):
+            hs, (h_n, c_n) = bptt.lstm_layer(x, (h0, c0), *w, mask, reverse)
+            return hs, h_n, c_n
+
+        return torch.autograd.gradcheck(fn, (x, h0, c0, *weights))
+    if cell == "gru":
+        return torch.autograd.gradcheck(
+            lambda *a: bptt.gru_layer(*a, mask, reverse), (x, h0, *weights))
+    return torch.autograd.gradcheck(
+        lambda *a: bptt.rnn_layer(*a, activation, mask, reverse), (x, h0, *weights))
+
+
+@pytest.mark.parametrize("layout", ["transposed", "rows"])
+@pytest.mark.parametrize("masked, reverse", [(False, False), (True, False), (True, True)],
+                         ids=["full", "masked", "masked-reverse"])
+@pytest.mark.parametrize("cell, activation", [("rnn", "tanh"), ("rnn", "relu"),
+                                              ("rnn", "sigmoid"), ("lstm", "tanh"),
+                                              ("gru", "tanh")],
+                         ids=["rnn-tanh", "rnn-relu", "rnn-sigmoid", "lstm", "gru"])
+def test_hand_written_backward_passes_gradcheck(monkeypatch, cell, activation, masked, reverse,
+                                                layout):
+    """Every gradient of the kernels (x, h0, c0, both weights, both biases) against finite
+    differences in float64, in both of their internal layouts (forced by TRANSPOSED_MAX)."""
+    from rnn_core import bptt
+
+    monkeypatch.setattr(bptt, "TRANSPOSED_MAX", 64 if layout == "transposed" else 0)
+    assert _gradcheck_layer(cell, 3, masked, reverse, activation)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_large_layers_match_fused_too(cell):
+    """Above bptt.TRANSPOSED_MAX the kernels run in torch.nn's batch x units layout: the same
+    parity with torch.nn (outputs, states, every gradient), masked, two layers, both ways."""
+    from rnn_core import bptt
+
+    hidden = bptt.TRANSPOSED_MAX + 8
+    scratch = Recurrent(cell, D, hidden, 2, True, "scratch").double()
+    fused = Recurrent(cell, D, hidden, 2, True, "fused").double()
+    fused.load_state_dict(scratch.state_dict(), strict=True)
+    length, batch = 6, 3
+    x = torch.randn(length, batch, D, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([6, 2, 4])
+    weights = [torch.randn(length, batch, 2 * hidden, dtype=torch.float64)]
+    weights += [torch.randn(4, batch, hidden, dtype=torch.float64) for _ in "hc"]
+    out_s, state_s = scratch(x, lengths=lengths)
+    out_f, state_f = fused(x, lengths=lengths)
+    torch.testing.assert_close(out_s, out_f)
+    for s, f in zip(state_s if cell == "lstm" else (state_s,),
+                    state_f if cell == "lstm" else (state_f,), strict=True):
+        torch.testing.assert_close(s, f)
+    loss_s = (out_s * weights[0]).sum() + ((state_s[0] if cell == "lstm" else state_s)
+                                           * weights[1]).sum()
+    loss_f = (out_f * weights[0]).sum() + ((state_f[0] if cell == "lstm" else state_f)
+                                           * weights[1]).sum()
+    grads_s = torch.autograd.grad(loss_s, [x, *scratch.parameters()])
+    grads_f = torch.autograd.grad(loss_f, [x, *fused.parameters()])
+    for s, f in zip(grads_s, grads_f, strict=True):
+        torch.testing.assert_close(s, f, atol=1e-6, rtol=1e-6)
+
+
+def test_mikolov_kernel_gradients_equal_its_one_step_loop():
+    """MikolovRNN.forward (the sigmoid-RNN kernel) against `one_step` repeated under autograd."""
+    from rnn_core.cells import MikolovRNN
+
+    model = MikolovRNN(7, 5).double()
+    chars = torch.randint(0, 7, (6, 3))
+    h0 = torch.rand(3, 5, dtype=torch.float64)
+    weights = torch.randn(6, 3, 5, dtype=torch.float64)
+    fast = torch.autograd.grad((model(chars, h0) * weights).sum(), list(model.parameters()),
+                               allow_unused=True)
+    h, states = h0, []
+    for c in chars:
+        h = model.one_step(c, h)
+        states.append(h)
+    slow = torch.autograd.grad((torch.stack(states) * weights).sum(), list(model.parameters()),
+                               allow_unused=True)
+    for a, b in zip(fast, slow, strict=True):
+        if b is None:
+            assert a is None or not a.any()
+        else:
+            torch.testing.assert_close(a, b)
