@@ -50,19 +50,23 @@ def recent_child_runs(
     )
 
 
-def finished_child(client: MlflowClient, task: str, pipeline_id: str, config: str) -> Run | None:
-    """The FINISHED child run of `config` in this pipeline run, if an earlier attempt logged it
-    (a retried flow run keeps its pipeline id: what it finished is not trained or logged twice)."""
+def newest_finished_child(client: MlflowClient, task: str, **tags: str) -> Run | None:
+    """The newest FINISHED child run of `task` whose tags have these values, if any."""
     experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + task)
     if experiment is None:
         return None
     found = client.search_runs(
         [experiment.experiment_id],
-        f"{_FINISHED_CHILD} and {tag_is(PIPELINE_ID_TAG, pipeline_id)} and "
-        f"{tag_is(CONFIG_TAG, config)}",
+        " and ".join([_FINISHED_CHILD, *(tag_is(k, v) for k, v in tags.items())]),
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     return found[0] if found else None
+
+
+def finished_child(client: MlflowClient, task: str, pipeline_id: str, config: str) -> Run | None:
+    """The FINISHED child run of `config` in this pipeline run, if an earlier attempt logged it
+    (a retried flow run keeps its pipeline id: what it finished is not trained or logged twice)."""
+    return newest_finished_child(client, task, **{PIPELINE_ID_TAG: pipeline_id, CONFIG_TAG: config})
 
 
 def run_row(run: Run) -> SummaryRow:

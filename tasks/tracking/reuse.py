@@ -11,15 +11,8 @@ from __future__ import annotations
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from tasks.tracking.names import (
-    EXPERIMENT_PREFIX,
-    FINGERPRINT_PART_TAG,
-    FINGERPRINT_TAG,
-    REUSED_FROM_TAG,
-    ROLE_CHILD,
-    ROLE_TAG,
-)
-from tasks.tracking.store import status_is, tag_is
+from tasks.tracking.compare import newest_finished_child
+from tasks.tracking.names import FINGERPRINT_PART_TAG, FINGERPRINT_TAG, REUSED_FROM_TAG
 
 
 def fingerprint_tags(fingerprint: dict[str, str]) -> dict[str, str]:
@@ -30,15 +23,7 @@ def fingerprint_tags(fingerprint: dict[str, str]) -> dict[str, str]:
 
 def reusable_child(client: MlflowClient, task: str, fingerprint: str) -> Run | None:
     """The newest FINISHED child run of `task` with this fingerprint, if any."""
-    experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + task)
-    if experiment is None:
-        return None
-    found = client.search_runs(
-        [experiment.experiment_id],
-        f"{tag_is(ROLE_TAG, ROLE_CHILD)} and {status_is('FINISHED')} and "
-        f"{tag_is(FINGERPRINT_TAG, fingerprint)}",
-        order_by=["attributes.start_time DESC"], max_results=1)
-    return found[0] if found else None
+    return newest_finished_child(client, task, **{FINGERPRINT_TAG: fingerprint})
 
 
 def record_reuse(client: MlflowClient, parent_run_id: str, config: str, run: Run) -> None:
