@@ -189,6 +189,8 @@ class Cell(nn.Module):
     # Values of `nonlinearity` the stacked layers accept (both backends alike); None: the formula
     # has no choice and the argument is ignored. Passed to `fused` as its `nonlinearity=`.
     nonlinearities: ClassVar[tuple[str, ...] | None] = None
+    # Which G*H block of bias_ih / bias_hh is the forget gate (`forget_bias`), None: no such gate.
+    forget_gate: ClassVar[int | None] = None
 
     @staticmethod
     def recur(xp, state, w_hh_t, b_hh):
@@ -355,6 +357,7 @@ class LSTMCell(Cell):
     gates = 4
     state_names = ("h", "c")
     fused = nn.LSTM
+    forget_gate = 1  # i, f, g, o
     recur = staticmethod(lstm_recur)
 
     @classmethod

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -33,7 +34,8 @@ from rnn_core.stacked import ScratchRecurrent
 Backend = Literal["scratch", "fused"]
 BACKENDS: tuple[str, ...] = ("scratch", "fused")  # what `backend=` accepts (configs validate it)
 
-__all__ = ["BACKENDS", "Backend", "FusedRecurrent", "Recurrent", "ScratchRecurrent", "State"]
+__all__ = ["BACKENDS", "Backend", "FusedRecurrent", "Recurrent", "ScratchRecurrent", "State",
+           "init_forget_bias"]
 
 
 class _PackedMixin:
@@ -92,6 +94,25 @@ def FusedRecurrent(
         dropout=dropout,
         **options,
     )
+
+
+def init_forget_bias(layer: nn.Module, cell: str, hidden_size: int, value: float) -> nn.Module:
+    """Set the forget gate's bias at init, in every layer and direction of a `Recurrent` stack:
+    bias_ih's forget block = value, bias_hh's = 0 (so the gate starts at sigmoid(value) before
+    the inputs: 0.73 for 1.0, Jozefowicz et al. 2015). Both backends name their parameters alike,
+    so the same call gives the same weights on either. The cell says where its forget gate is
+    (`Cell.forget_gate`); a cell without one is an error."""
+    block = get_cell(cell).forget_gate
+    if block is None:
+        raise ValueError(f"forget_bias: the {cell} cell has no forget gate")
+    rows = slice(block * hidden_size, (block + 1) * hidden_size)
+    with torch.no_grad():
+        for name, param in layer.named_parameters():
+            if name.startswith("bias_ih"):
+                param[rows] = value
+            elif name.startswith("bias_hh"):
+                param[rows] = 0.0
+    return layer
 
 
 def Recurrent(

@@ -14,8 +14,18 @@ All tensors are time-major. `Batch(x, y, lengths)`:
     char_lm       L x B ids                  L x B ids         L x B x V logits
 
 `state` is the recurrent state: h_n ((layers * dirs) x B x hidden), a tuple with h_n first for
-tuple-state cells ((h_n, c_n) for LSTM), or B x hidden for the Mikolov RNN; passing it back in
-continues the sequences (truncated BPTT). Any cell registered in `rnn_core.cells` can be used.
+tuple-state cells ((h_n, c_n) for LSTM), or B x hidden for the course's RNN class and the
+Mikolov RNN; passing it back in continues the sequences (truncated BPTT). Any cell registered in
+`rnn_core.cells` can be used.
+
+The course's own models are modes of the same kinds, so everything downstream (training,
+serving, logging) sees a classifier or a forecaster:
+    classifier / forecaster, mode="course"   the course's `rnn_core.cells.RNN` class is the whole
+        model: its `forward` (its tanh cell's `one_step` repeated, by the hand-written kernel)
+        runs the sequence and its `decode` is the head. One layer, one direction, cell "rnn".
+        From the same seed it starts from exactly the weights of the mode="stack" model with
+        cell="rnn", num_layers=1 (torch.nn's init order), so the two train side by side.
+    char_lm, mode="mikolov"                  `rnn_core.cells.MikolovRNN`.
 """
 
 from __future__ import annotations
@@ -28,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnn_core.layers import Recurrent
+from rnn_core.cells import RNN, MikolovRNN
+from rnn_core.layers import Recurrent, init_forget_bias
 from rnn_core.metrics import (
     ClassificationMetrics,
     ForecastMetrics,
@@ -63,6 +74,9 @@ class RecurrentConfig:
     backend: str = "fused"  # fused (torch.nn / cuDNN) | scratch (rnn_core.stacked, per-step loop)
     nonlinearity: str = "tanh"  # for cells with a choice (the cell's `nonlinearities`: rnn)
     dropout: float = 0.0  # between stacked layers
+    # Forget-gate bias at init (cells with a forget gate: lstm): bias_ih's forget block = value,
+    # bias_hh's = 0, in every layer and direction, both backends alike. None = torch.nn's init.
+    forget_bias: float | None = None
 
 
 @dataclass
@@ -74,6 +88,7 @@ class ClassifierConfig(RecurrentConfig):
     input_size: int = 1  # feature size D when vocab_size is None
     bidirectional: bool = False  # concat both directions' final states before the head
     padding_idx: int | None = None  # embedding row kept at zero (padding token)
+    mode: str = "stack"  # stack (Recurrent -> Linear head) | course (rnn_core.cells.RNN)
 
 
 @dataclass
@@ -83,6 +98,7 @@ class ForecasterConfig(RecurrentConfig):
     num_covariates: int = 0  # input-only columns after the flows (time of day, station, ...)
     horizon: int = 1  # H: every step predicts t+1 .. t+H
     residual: bool = False  # predict the change from x_t (persistence + a learned correction)
+    mode: str = "stack"  # stack (Recurrent -> Linear head) | course (rnn_core.cells.RNN)
 
 
 @dataclass
@@ -117,7 +133,7 @@ def build_model(config: dict[str, Any]) -> nn.Module:
 
 
 def _stack(config: RecurrentConfig, input_size: int, bidirectional: bool = False) -> nn.Module:
-    return Recurrent(
+    layer = Recurrent(
         config.cell,
         input_size,
         config.hidden_size,
@@ -127,6 +143,27 @@ def _stack(config: RecurrentConfig, input_size: int, bidirectional: bool = False
         nonlinearity=config.nonlinearity,
         dropout=config.dropout,
     )
+    if config.forget_bias is not None:
+        init_forget_bias(layer, config.cell, config.hidden_size, config.forget_bias)
+    return layer
+
+
+MODES = ("stack", "course")
+
+
+def _course_rnn(config, input_size: int, output_size: int) -> nn.Module:
+    """The course's RNN class for a mode="course" config (its rules checked here)."""
+    if config.mode not in MODES:
+        raise ValueError(f"unknown {config.kind} mode {config.mode!r}: expected stack or course")
+    problems = [what for what, bad in [
+        (f"cell {config.cell!r} (the course's class is a vanilla RNN: rnn)", config.cell != "rnn"),
+        (f"num_layers {config.num_layers} (one layer)", config.num_layers != 1),
+        ("bidirectional (one direction)", getattr(config, "bidirectional", False)),
+        ("forget_bias (no forget gate)", config.forget_bias is not None)] if bad]
+    if problems:
+        raise ValueError(f"{config.kind} mode='course' (rnn_core.cells.RNN) does not take "
+                         + "; ".join(problems))
+    return RNN(input_size, config.hidden_size, output_size, activation=config.nonlinearity)
 
 
 def last_layer_state(state, num_directions: int) -> torch.Tensor:
@@ -153,6 +190,9 @@ class SequenceClassifier(nn.Module):
             self.embedding = None
             input_size = config.input_size
         self.num_directions = 2 if config.bidirectional else 1
+        if config.mode != "stack":  # the course's class: its cell and its decoder (the head)
+            self.rnn = _course_rnn(config, input_size, config.num_classes)
+            return
         self.rnn = _stack(config, input_size, config.bidirectional)
         self.head = nn.Linear(self.num_directions * config.hidden_size, config.num_classes)
 
@@ -161,6 +201,10 @@ class SequenceClassifier(nn.Module):
         return x if self.embedding is None else self.embedding(x)
 
     def forward(self, x, lengths=None, state=None):
+        if self.config.mode == "course":  # RNN.forward: L x B x H states; decode the last one
+            states = self.rnn(self.embed(x), state)
+            last = states[-1] if lengths is None else _state_at(states, lengths)
+            return self.rnn.decode(last), last
         _, state = self.rnn(self.embed(x), state, lengths)
         return self.head(last_layer_state(state, self.num_directions)), state
 
@@ -177,8 +221,12 @@ class Forecaster(nn.Module):
     def __init__(self, config: ForecasterConfig):
         super().__init__()
         self.config = config
-        self.rnn = _stack(config, config.num_flows + config.num_covariates)
-        self.head = nn.Linear(config.hidden_size, config.horizon * config.num_flows)
+        inputs, outputs = config.num_flows + config.num_covariates, config.horizon * config.num_flows
+        if config.mode != "stack":  # the course's class: every state decoded into H x F
+            self.rnn = _course_rnn(config, inputs, outputs)
+            return
+        self.rnn = _stack(config, inputs)
+        self.head = nn.Linear(config.hidden_size, outputs)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         expected = self.config.num_flows + self.config.num_covariates
@@ -187,9 +235,15 @@ class Forecaster(nn.Module):
         return x
 
     def forward(self, x, lengths=None, state=None):
-        out, state = self.rnn(self.embed(x), state, lengths)  # L x B x hidden
-        L, B = out.shape[:2]
-        pred = self.head(out).view(L, B, self.config.horizon, self.config.num_flows)
+        if self.config.mode == "course":
+            out = self.rnn(self.embed(x), state)  # RNN.forward: L x B x hidden states
+            state = out[-1] if lengths is None else _state_at(out, lengths)
+            L, B = out.shape[:2]
+            pred = self.rnn.decode(out).view(L, B, self.config.horizon, self.config.num_flows)
+        else:
+            out, state = self.rnn(self.embed(x), state, lengths)  # L x B x hidden
+            L, B = out.shape[:2]
+            pred = self.head(out).view(L, B, self.config.horizon, self.config.num_flows)
         if self.config.residual:
             pred = pred + x[..., : self.config.num_flows].unsqueeze(2)
         return pred, state  # L x B x H x F
@@ -239,8 +293,6 @@ class CharLanguageModel(nn.Module):
             self.rnn = _stack(config, config.embedding_dim)
             self.head = nn.Linear(config.hidden_size, config.vocab_size)
         elif config.mode == "mikolov":
-            from rnn_core.cells import MikolovRNN
-
             self.mikolov = MikolovRNN(config.vocab_size, config.hidden_size)
         else:
             raise ValueError(f"unknown CharLM mode {config.mode!r}: expected embedding or mikolov")

@@ -332,3 +332,146 @@ def test_gradient_norms_reject_bidirectional_and_padding():
         hidden_gradient_norms(model, Batch(x, y))
     with pytest.raises(ValueError, match="equal length"):
         hidden_gradient_norms(_classifier("fused", "gru"), Batch(x, y, torch.tensor([5, 3])))
+
+
+# --- the course's RNN class as a model (mode="course") -------------------------------------------
+
+
+def _course_pair(kind, **kw):
+    """A mode="course" model and the mode="stack" fused torch.nn model built from the same seed."""
+    base = {"classifier": {"num_classes": 3, "input_size": 2},
+            "forecaster": {"num_flows": 2, "horizon": 2}}[kind]
+    config = {"kind": kind, "cell": "rnn", "hidden_size": 6, **base, **kw}
+    torch.manual_seed(3)
+    course = build_model({**config, "mode": "course"})
+    torch.manual_seed(3)
+    fused = build_model({**config, "backend": "fused"})
+    return course, fused
+
+
+@pytest.mark.parametrize("kind", ["classifier", "forecaster"])
+def test_course_model_is_the_course_rnn_class_and_starts_as_torch_nn(kind):
+    from rnn_core.cells import RNN
+
+    course, fused = _course_pair(kind)
+    assert isinstance(course.rnn, RNN) and not hasattr(course, "head")
+    # Same seed, same initial numbers: torch.nn.RNN + Linear and the course's cell + decoder.
+    torch.testing.assert_close(course.rnn.cell.weight_hh, fused.rnn.weight_hh_l0)
+    torch.testing.assert_close(course.rnn.decoder.weight, fused.head.weight)
+    x = torch.randn(7, 4, 2)
+    out_c, state_c = course(x)
+    out_f, state_f = fused(x)
+    torch.testing.assert_close(out_c, out_f)
+    torch.testing.assert_close(state_c, state_f[-1])  # B x H: the course's state convention
+    # decode(forward(x)[-1]) is the classifier's output: the class's own contract.
+    if kind == "classifier":
+        torch.testing.assert_close(course.rnn.decode(course.rnn(x)[-1]), out_c)
+    rebuilt = build_model(json.loads(json.dumps(config_dict(course))))
+    rebuilt.load_state_dict(course.state_dict())
+
+
+def test_course_classifier_trains_and_takes_its_state_at_each_length():
+    course, _ = _course_pair("classifier")
+    x = torch.randn(6, 16, 2)
+    y = (x[..., 0].sum(0) > 0).long() + (x[..., 1].sum(0) > 0).long()
+    opt = torch.optim.Adam(course.parameters(), lr=0.05)
+    first = None
+    for _ in range(40):
+        loss = course.loss(course(x)[0], y)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+    lengths = torch.tensor([6, 3] + [6] * 14)
+    logits, _ = course(x, lengths=lengths)
+    torch.testing.assert_close(logits[1:2], course(x[:3, 1:2])[0])
+
+
+def test_course_mode_refuses_what_the_class_cannot_be():
+    for bad, match in [({"cell": "lstm"}, "cell 'lstm'"), ({"num_layers": 2}, "num_layers"),
+                       ({"bidirectional": True}, "bidirectional"), ({"mode": "keras"}, "mode")]:
+        with pytest.raises(ValueError, match=match):
+            build_model({"kind": "classifier", "num_classes": 2, "mode": "course", **bad})
+
+
+# --- forget-gate bias and the cell state's gradient ----------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forget_bias_is_set_at_init_in_every_layer_and_direction(backend):
+    model = _classifier(backend, "lstm", num_layers=2, bidirectional=True, forget_bias=1.0)
+    names = [n for n, _ in model.rnn.named_parameters() if n.startswith("bias")]
+    assert len(names) == 8  # 2 layers x 2 directions x (ih, hh)
+    for name, p in model.rnn.named_parameters():
+        if name.startswith("bias_ih"):
+            assert (p[8:16] == 1.0).all() and not (p[:8] == 1.0).all()
+        elif name.startswith("bias_hh"):
+            assert (p[8:16] == 0.0).all()
+    with pytest.raises(ValueError, match="no forget gate"):
+        _classifier(backend, "gru", forget_bias=1.0)
+
+
+def test_forget_bias_gives_both_backends_the_same_weights():
+    torch.manual_seed(5)
+    scratch = _classifier("scratch", "lstm", forget_bias=1.0)
+    torch.manual_seed(5)
+    fused = _classifier("fused", "lstm", forget_bias=1.0)
+    for (n, a), (_, b) in zip(scratch.state_dict().items(), fused.state_dict().items(),
+                              strict=True):
+        torch.testing.assert_close(a, b, msg=n)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cell_state_gradient_is_the_total_derivative(backend):
+    """d loss / d c_t through h_t = o tanh(c_t) and through c_{t+1}, as retain_grad sees it in a
+    hand-written LSTM loop; the same numbers on both backends."""
+    from rnn_core.gradients import cell_state_gradient_norms, state_gradient_norms
+
+    model = build_model({"kind": "char_lm", "vocab_size": 5, "cell": "lstm", "hidden_size": 4,
+                         "backend": backend}).double()
+    x, y = torch.randint(0, 5, (6, 2)), torch.randint(0, 5, (6, 2))
+    rnn = model.rnn
+    h = c = torch.zeros(2, 4, dtype=torch.float64)
+    cs = []
+    for e in model.embedding(x):
+        gates = (e @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + h @ rnn.weight_hh_l0.T
+                 + rnn.bias_hh_l0)
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        c.retain_grad()
+        cs.append(c)
+        h = torch.sigmoid(o) * torch.tanh(c)
+    torch.nn.functional.cross_entropy(model.head(h), y[-1], reduction="sum").backward()
+    expected = torch.stack([s.grad.norm(dim=-1).mean() for s in cs])
+    norms = cell_state_gradient_norms(model, Batch(x, y))
+    assert norms.shape == (6,)
+    torch.testing.assert_close(norms, expected)
+    both = state_gradient_norms(model, Batch(x, y))
+    assert set(both) == {"h", "c"} and both["h"].shape == (6,)
+    with pytest.raises(ValueError, match="cell state"):
+        cell_state_gradient_norms(_classifier(backend, "gru"), Batch(x, y[-1] % 3))
+
+
+def test_forget_bias_keeps_more_of_the_cell_state_gradient_at_init():
+    from rnn_core.gradients import cell_state_gradient_norms
+
+    x, y = torch.randint(0, 20, (40, 8)), torch.randint(0, 3, (8,))
+    ratios = {}
+    for bias in (None, 1.0):
+        torch.manual_seed(0)
+        norms = cell_state_gradient_norms(_classifier("fused", "lstm", forget_bias=bias),
+                                          Batch(x, y), float64=True)
+        ratios[bias] = float(norms[0] / norms[-1])  # 39 steps back over at the loss
+    assert ratios[1.0] > 10 * ratios[None]
+
+
+def test_gradient_norms_of_the_course_and_mikolov_models():
+    course, fused = _course_pair("classifier")
+    x, y = torch.randn(8, 3, 2), torch.tensor([0, 1, 2])
+    torch.testing.assert_close(hidden_gradient_norms(course, Batch(x, y)),
+                               hidden_gradient_norms(fused, Batch(x, y)))
+    mikolov = build_model({"kind": "char_lm", "vocab_size": 7, "mode": "mikolov",
+                           "hidden_size": 5})
+    chars = torch.randint(0, 7, (9, 2))
+    assert hidden_gradient_norms(mikolov, Batch(chars, chars)).shape == (9,)
