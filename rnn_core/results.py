@@ -52,6 +52,9 @@ class RunResult:
     # What a served model needs to take raw input (Experiment.serving; see rnn_core.serving):
     # JSON values and arrays; {} = the model takes tensors.
     serving: dict[str, Any] = field(default_factory=dict)
+    # Per-example test outcomes whose mean is the headline (1-D float array; see
+    # rnn_core.significance): what a challenger is compared with the champion on. None: not kept.
+    per_example: Any = None
 
     @property
     def headline_value(self) -> float:

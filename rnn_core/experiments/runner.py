@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from rnn_core import experiments
@@ -81,7 +82,7 @@ def run_configuration(experiment: str | Experiment, config: Any, name: str,
     planned = exp.plan(config)
     if name not in planned:
         raise KeyError(f"{exp.name}: unknown configuration {name!r}; planned: {planned}")
-    tc = config.train
+    tc = exp.train_config(config, name)
     threads = torch.get_num_threads()
     if tc.torch_threads > 0:
         torch.set_num_threads(tc.torch_threads)
@@ -94,7 +95,7 @@ def run_configuration(experiment: str | Experiment, config: Any, name: str,
 def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetManifest],
          work_dir: Path, callbacks) -> RunResult:
     started = time.perf_counter()
-    tc = config.train
+    tc = exp.train_config(config, name)  # config.train unless the experiment says otherwise
     missing = [d for d in exp.needs(config) if d not in manifests]
     if missing:
         raise KeyError(f"{exp.name}: no prepared manifest for {missing}; prepare them first")
@@ -135,6 +136,10 @@ def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetMa
     # -- score: the test split, once --------------------------------------------------------------
     with data.unsealed():
         scores = dict(exp.score(config, name, model, data))
+    # Optional per-example test outcomes (mean = headline): the champion's paired test reads them.
+    per_example = scores.pop("per_example", None)
+    if per_example is not None:
+        per_example = np.asarray(per_example, dtype=np.float32).ravel()
     # Numbers are metrics; anything else the scoring phase returns (a confusion matrix, an
     # example forecast) is for the report only.
     metrics = {k: float(v) for k, v in scores.items()
@@ -172,4 +177,5 @@ def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetMa
         seconds=time.perf_counter() - started,
         diagnostic=exp.diagnostic,
         serving=exp.serving(config, name, data),  # raw input -> model input (rnn_core.serving)
+        per_example=per_example,
     )

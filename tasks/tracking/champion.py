@@ -7,6 +7,14 @@ read back from the champion version's own run, so nothing is trusted that was no
 decision, its reason and both figures are logged on the challenger's run (tags + metrics) and as
 tags on the new model version, so the UI shows why an alias did or did not move.
 
+A win must not be noise: when both runs logged their per-example test outcomes
+(`test_per_example.npy`, one value per test example, mean = the headline) and the arrays have one
+length, the challenger wins only when a paired bootstrap over the test examples says it is better
+at one-sided 95 % (2,000 resamples, seed 0; `rnn_core.significance`): the lower bound of the
+improvement must exceed 0. The interval, the p-value (and McNemar's exact p for 0/1 outcomes)
+are logged as `champion.*` metrics and version tags. Without both arrays the headlines alone
+decide, as before, and the reason says so.
+
 Champions are scoped. A smoke run (the `smoke` profile, or any run whose test split was
 truncated) is registered under its own name, `rnnflow-<task>-<config>-smoke`
 (`registered_model_name`), so it never blocks or takes the champion of the real model. Where a
@@ -25,14 +33,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import tempfile
 import time
 from dataclasses import dataclass
+
+import numpy as np
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 
 from rnn_core.results import Headline, RunResult
+from rnn_core.significance import Comparison, paired_bootstrap
 from tasks.tracking.names import (
     CHALLENGER_VALUE_METRIC,
     CHAMPION_ALIAS,
@@ -40,12 +52,20 @@ from tasks.tracking.names import (
     CHAMPION_MODEL_TAG,
     CHAMPION_PREVIOUS_VERSION_TAG,
     CHAMPION_REASON_TAG,
+    CHAMPION_TEST_TAG,
     CHAMPION_VERSION_TAG,
+    CI_HIGH_METRIC,
+    CI_LOW_METRIC,
+    DIFF_METRIC,
     DATA_VARIANT_TAG,
     EVAL_SCOPE_TAG,
     HEADLINE_METRIC_TAG,
     INCUMBENT_VALUE_METRIC,
     KEPT,
+    LEVEL_METRIC,
+    MCNEMAR_P_METRIC,
+    P_VALUE_METRIC,
+    PER_EXAMPLE_ARTIFACT,
     PROFILE_TAG,
     PROMOTED,
     PROMOTED_BY_HAND,
@@ -72,6 +92,8 @@ class Decision:
     challenger: float  # the challenger's headline value
     champion: float | None = None  # the previous champion's value (None: there was none)
     champion_version: str | None = None  # the previous champion's version
+    test: str = ""  # the paired test and its level, or why the headlines alone decided
+    comparison: Comparison | None = None  # the paired test's figures (None: not run)
 
     @property
     def outcome(self) -> str:
@@ -85,14 +107,27 @@ class Decision:
             CHAMPION_MODEL_TAG: self.model,
             CHAMPION_VERSION_TAG: self.version,
             CHAMPION_PREVIOUS_VERSION_TAG: self.champion_version or "",
+            **({CHAMPION_TEST_TAG: self.test} if self.test else {}),
+            **{k: f"{v:.6g}" for k, v in self.test_metrics().items()},
         }
 
+    def test_metrics(self) -> dict[str, float]:
+        """The paired test's improvement, interval, p-value(s) and level ({}: not run)."""
+        c = self.comparison
+        if c is None:
+            return {}
+        out = {DIFF_METRIC: c.diff, CI_LOW_METRIC: c.ci_low, CI_HIGH_METRIC: c.ci_high,
+               P_VALUE_METRIC: c.p_value, LEVEL_METRIC: c.level}
+        if c.mcnemar_p is not None:
+            out[MCNEMAR_P_METRIC] = c.mcnemar_p
+        return out
+
     def metrics(self) -> dict[str, float]:
-        """Both figures, under names that say which is which."""
+        """Both figures, under names that say which is which, and the paired test's."""
         out = {CHALLENGER_VALUE_METRIC: self.challenger}
         if self.champion is not None:
             out[INCUMBENT_VALUE_METRIC] = self.champion
-        return out
+        return {**out, **self.test_metrics()}
 
 
 def is_smoke(result: RunResult, profile: str | None = None) -> bool:
@@ -167,14 +202,44 @@ def _current_champion(client: MlflowClient, model: str):
         raise
 
 
+def per_example(client: MlflowClient, run_id: str) -> np.ndarray | None:
+    """The per-example test outcomes a run logged (`test_per_example.npy`), or None."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, PER_EXAMPLE_ARTIFACT, tmp)
+            return np.load(path, allow_pickle=False).astype(np.float64).ravel()
+        except (MlflowException, OSError, ValueError):
+            return None
+
+
+def compare_examples(
+    headline: Headline, mine: np.ndarray | None, theirs: np.ndarray | None
+) -> tuple[Comparison | None, str]:
+    """The paired test of challenger (`mine`) vs champion (`theirs`) outcomes, and what was
+    tested; (None, why not) when an array is missing or their lengths differ."""
+    if mine is None or theirs is None:
+        who = "challenger" if mine is None else "champion"
+        return None, f"headlines only: the {who} run has no {PER_EXAMPLE_ARTIFACT}"
+    if mine.size != theirs.size:
+        return None, (f"headlines only: per-example outcomes of {mine.size} and {theirs.size} "
+                      "test examples are not one test split")
+    if not (np.isfinite(mine).all() and np.isfinite(theirs).all()):
+        return None, "headlines only: per-example outcomes hold NaN or inf"
+    comparison = paired_bootstrap(mine, theirs, headline.goal)
+    return comparison, comparison.method
+
+
 def decide(
-    headline: Headline, challenger: float, scope: str, incumbent_run
+    headline: Headline, challenger: float, scope: str, incumbent_run,
+    comparison: Comparison | None = None, note: str = "",
 ) -> tuple[bool, str, float | None]:
     """(promote?, reason, incumbent value) for a challenger against the champion's run (or None).
 
-    Same scope: the better headline wins (a tie keeps the alias, NaN never wins). Other scopes:
-    the one of higher `Scope.rank` wins whatever the figures (real over smoke, full data over a
-    subset); equal ranks are not comparable and the alias stays.
+    Same scope: with a paired `comparison` of per-example outcomes (`compare_examples`), the
+    challenger wins only when it is better beyond noise (the interval's lower bound > 0); without
+    one, the better headline wins (`note` says why) — a tie keeps the alias, NaN never wins.
+    Other scopes: the one of higher `Scope.rank` wins whatever the figures (real over smoke, full
+    data over a subset); equal ranks are not comparable and the alias stays.
     """
     if incumbent_run is None:
         return True, "first version with a headline: becomes champion", None
@@ -195,10 +260,21 @@ def decide(
                            f"from a champion measured on {theirs.describe()}"), old
         reason = f"not comparable: champion measured on {old_scope}, challenger on {scope}"
         return False, reason + "; alias kept", old
+    if comparison is not None:
+        c = comparison
+        figures = (f"{headline.metric} {challenger:.6g} vs {old:.6g}: improvement {c.diff:.4g}, "
+                   f"one-sided {c.level:.0%} interval [{c.ci_low:.4g}, {c.ci_high:.4g}], "
+                   f"p = {c.p_value:.3g} ({c.method})")
+        if c.significant:
+            return True, f"{figures}: better beyond noise, promoted", old
+        return False, f"{figures}: not better beyond noise, alias kept", old
+    why = f" ({note})" if note else ""
     if headline.better(challenger, old):
         word = "higher" if headline.goal == "max" else "lower"
-        return True, f"{headline.metric} {challenger:.6g} is {word} than {old:.6g}: promoted", old
-    return False, f"{headline.metric} {challenger:.6g} does not beat {old:.6g}: alias kept", old
+        return True, (f"{headline.metric} {challenger:.6g} is {word} than {old:.6g}: "
+                      f"promoted{why}"), old
+    return False, (f"{headline.metric} {challenger:.6g} does not beat {old:.6g}: "
+                   f"alias kept{why}"), old
 
 
 def challenge(
@@ -217,16 +293,22 @@ def challenge(
     the alias hold a lock shared by every process, so two runs finishing at once cannot both
     beat the same old champion and leave the worse one holding the alias.
     """
+    mine = per_example(client, run_id)
+    comparison, note = None, ""
     with store_lock(client.tracking_uri, "champion"):
         current = _current_champion(client, model)
         incumbent_run = client.get_run(current.run_id) if current and current.run_id else None
-        promote, reason, old = decide(headline, value, scope, incumbent_run)
+        if incumbent_run is not None and incumbent_run.data.tags.get(EVAL_SCOPE_TAG) == scope:
+            comparison, note = compare_examples(headline, mine,
+                                                per_example(client, incumbent_run.info.run_id))
+        promote, reason, old = decide(headline, value, scope, incumbent_run, comparison, note)
         if promote:
             client.set_registered_model_alias(model, CHAMPION_ALIAS, str(version))
     decision = Decision(
         model=model, version=str(version), promoted=promote, reason=reason,
         metric=headline.metric, goal=headline.goal, challenger=float(value), champion=old,
         champion_version=str(current.version) if current is not None else None,
+        test=note, comparison=comparison,
     )
     now = int(time.time() * 1000)
     client.log_batch(

@@ -58,6 +58,15 @@ PROMOTED_BY_HAND = "promoted by hand"
 CHAMPION_METRIC_PREFIX = "champion."
 CHALLENGER_VALUE_METRIC = CHAMPION_METRIC_PREFIX + "challenger_value"
 INCUMBENT_VALUE_METRIC = CHAMPION_METRIC_PREFIX + "incumbent_value"
+# The paired significance test (rnn_core.significance), as metrics on the run and version tags.
+CHAMPION_TEST_TAG = CHAMPION_TAG_PREFIX + "test"  # the method and level, or why only headlines
+P_VALUE_METRIC = CHAMPION_METRIC_PREFIX + "p_value"  # one-sided bootstrap p
+MCNEMAR_P_METRIC = CHAMPION_METRIC_PREFIX + "mcnemar_p"  # exact McNemar, 0/1 outcomes only
+DIFF_METRIC = CHAMPION_METRIC_PREFIX + "diff"  # mean per-example improvement (> 0: better)
+CI_LOW_METRIC = CHAMPION_METRIC_PREFIX + "ci_low"
+CI_HIGH_METRIC = CHAMPION_METRIC_PREFIX + "ci_high"
+LEVEL_METRIC = CHAMPION_METRIC_PREFIX + "level"
+PER_EXAMPLE_ARTIFACT = "test_per_example.npy"  # on the child run: per-example test outcomes
 
 # --- logged models (tasks/tracking/models.py, integrity.py) --------------------------------------
 # sha256 of the model's digest list, on the registered version: checked before every load.

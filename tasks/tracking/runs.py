@@ -29,6 +29,7 @@ from tasks.tracking.live import child_tags
 from tasks.tracking.models import log_model, registered_name
 from tasks.tracking.names import (
     FINAL_METRICS_TAG,
+    PER_EXAMPLE_ARTIFACT,
     GIT_COMMIT_TAG,
     INTERRUPTED_TAG,
     PIPELINE_EXPERIMENT,
@@ -209,6 +210,13 @@ def _log_artifacts(client: MlflowClient, run_id: str, result: RunResult) -> None
         history = Path(tmp) / "history.json"
         history.write_text(json.dumps(result.history, indent=2), encoding="utf-8")
         client.log_artifact(run_id, str(history))
+        if result.per_example is not None:  # what a later challenger is paired with
+            import numpy as np
+
+            outcomes = Path(tmp) / PER_EXAMPLE_ARTIFACT
+            np.save(outcomes, np.asarray(result.per_example, dtype=np.float32).ravel(),
+                    allow_pickle=False)
+            client.log_artifact(run_id, str(outcomes))
 
 
 def finish_parent_run(
