@@ -44,6 +44,7 @@ from rnn_core.metrics import ClassificationMetrics
 from rnn_core.layers import BACKENDS
 from rnn_core.models import Batch, ClassifierConfig, build_model
 from rnn_core.results import Headline
+from rnn_core.significance import PerExampleOutcome
 from rnn_core.training import TrainConfig, evaluate
 
 
@@ -240,7 +241,16 @@ class AGNews(Experiment):
         """Test split (once, the chosen model), training rows, majority baseline."""
         masked, pad_id = data.arch.masked, data.vocab.pad_id
         accuracy = ClassificationMetrics(len(CLASS_NAMES))
-        test = evaluate(model, eval_batches(data.test, config, masked, pad_id), [accuracy])
+        correct = PerExampleOutcome()  # 0/1 per test row: the champion's paired test
+        test = evaluate(model, eval_batches(data.test, config, masked, pad_id),
+                        [accuracy, correct])
+        # Batches are bucketed by length: put the outcomes back in the test split's row order.
+        sampler = BucketBatchSampler(data.test.lengths, config.eval_batch_size,
+                                     bucket_boundaries(data.test, config.eval_batch_size, config),
+                                     shuffle=False)
+        order = np.concatenate([np.asarray(idx) for idx in sampler])
+        per_example = np.empty(len(order))
+        per_example[order] = correct.values()
         train_scores = evaluate(model, eval_batches(data.train, config, masked, pad_id))
         majority = 1.0 - baselines.majority_error(torch.as_tensor(data.train.y),
                                                   torch.as_tensor(data.test.y))
@@ -254,6 +264,7 @@ class AGNews(Experiment):
             "train_eval_loss": train_scores["loss"],
             "majority_accuracy": majority,
             "confusion": accuracy.confusion.numpy(),  # for the report, not a metric
+            "per_example": per_example,  # 0/1 correct per test row, mean = test_accuracy
         }
 
     def report(self, config, name, model, data, history, scores, folder) -> Report:

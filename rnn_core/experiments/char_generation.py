@@ -54,6 +54,7 @@ from rnn_core.experiments.text_streams import (
 from rnn_core.generation import decode, encode, generate
 from rnn_core.metrics import bits_per_char, perplexity
 from rnn_core.results import Headline
+from rnn_core.significance import PerSegmentBits, subsample
 from rnn_core.training import TrainConfig, evaluate
 
 MODELS = ("mikolov", "rnn", "lstm", "gru")
@@ -162,7 +163,9 @@ class CharGeneration(Experiment):
         """Test streams (once, the chosen model, state carried), baselines on the same
         characters, and the model re-scored on the start of the training part."""
         vocab_size = len(data.vocab)
-        nats = evaluate(model, chunk_batches(data.test, config.bptt), stateful=True)["nats"]
+        segments = PerSegmentBits(model.make_metrics().ignore_index)  # the paired test's units
+        nats = evaluate(model, chunk_batches(data.test, config.bptt),
+                        [model.make_metrics(), segments], stateful=True)["nats"]
         unigram = baselines.fit_unigram(data.train, vocab_size)
         bigram = baselines.fit_bigram(data.train, vocab_size)
         unigram_nats = stream_targets_nats(data.test,
@@ -179,6 +182,9 @@ class CharGeneration(Experiment):
             "bigram_nats_per_char": bigram_nats,
             "bigram_minus_model_nats": bigram_nats - nats,
             "train_nats_per_char": train_nats,
+            # bits per (chunk, stream) segment of <= bptt chars, mean = test_bits_per_char
+            # (a fixed stride keeps at most 200k segments)
+            "per_example": subsample(segments.values()),
         }
 
     def report(self, config, name, model, data, history, scores, folder) -> Report:

@@ -56,6 +56,7 @@ from rnn_core.experiments.protocol import Report, Splits
 from rnn_core.metrics import ClassificationMetrics
 from rnn_core.models import Batch, ClassifierConfig
 from rnn_core.results import Headline
+from rnn_core.significance import PerExampleOutcome
 from rnn_core.training import TrainConfig, evaluate
 
 
@@ -155,11 +156,13 @@ class MetroClassification(MetroExperiment):
                 windows, _ = all_windows(days.num_days, S, L, config.max_eval_windows,
                                          config.train.seed)
                 accuracy = ClassificationMetrics(S)
-                result = evaluate(model, eval_batches(days.x, windows, L, spec), [accuracy])
+                wrong = PerExampleOutcome(errors=True)  # 0/1 per window: the paired test
+                result = evaluate(model, eval_batches(days.x, windows, L, spec), [accuracy, wrong])
                 scores[f"{split}_error_L{L}"] = result["error"]
                 scores[f"{split}_loss_L{L}"] = result["loss"]
                 if split == "test" and L == NUM_SLOTS:
                     scores["confusion"] = accuracy.confusion.numpy()  # for the report only
+                    scores["per_example"] = wrong.values()  # mean = the headline test_error_L73
         day = f"L{NUM_SLOTS}"
         scores["train_error"] = scores[f"train_error_{day}"]  # whole-day windows
         scores["train_eval_loss"] = scores[f"train_loss_{day}"]

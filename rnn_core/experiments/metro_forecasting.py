@@ -63,6 +63,7 @@ from rnn_core.experiments.protocol import Report, Splits
 from rnn_core.metrics import ForecastMetrics
 from rnn_core.models import Batch, ForecasterConfig, forecast_targets
 from rnn_core.results import Headline
+from rnn_core.significance import PerWindowSquaredError
 from rnn_core.training import TrainConfig, evaluate
 
 COVARIATES = ("station", "time", "offday", "profile")  # the order they are appended in
@@ -260,14 +261,16 @@ class MetroForecasting(MetroExperiment):
                                                      w.stations, H),
         }
         scores: dict = {}
+        h1 = PerWindowSquaredError(H, h=1)  # per test window, mean = test_mse_h1: paired test
         for prefix, result in [
-            ("test", evaluate(model, [w.batch for w in test])),
+            ("test", evaluate(model, [w.batch for w in test], [model.make_metrics(), h1])),
             ("train", evaluate(model, [w.batch for w in train])),
             *[(p, _score(f, test, H)) for p, f in predictors.items()],
         ]:
             scores[f"{prefix}_mse"] = result["mse"]
             scores.update({f"{prefix}_mse_h{h}": result[f"mse_h{h}"] for h in range(1, H + 1)})
         scores["example_day"] = example_day(model, test, data.test)  # for the report only
+        scores["per_example"] = h1.values()
         return scores
 
     def report(self, config, name, model, data, history, scores, folder) -> Report:
