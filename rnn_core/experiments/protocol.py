@@ -145,6 +145,11 @@ class Experiment:
                folder: Path) -> Report:
         return Report()
 
+    def train_config(self, config: Any, name: str) -> Any:
+        """Optional: the training block configuration `name` trains with (default: the config's
+        `train`), e.g. a model with an optimiser of its own (char_generation's Mikolov RNN)."""
+        return config.train
+
     def summarise(self, config: Any, results: list[Any], folder: Path) -> Report:
         """Optional: figures across all configurations of one run (logged on the parent run),
         e.g. the gradient study's three cells on one plot. `results`: the RunResults."""
