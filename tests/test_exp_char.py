@@ -24,7 +24,7 @@ from rnn_core.experiments.text_streams import (
     load_corpus_ids,
     stream_targets_nats,
 )
-from rnn_core.models import build_model
+from rnn_core.models import build_model, config_dict
 from rnn_core.training import evaluate
 
 EXP = cg.EXPERIMENT
@@ -95,10 +95,19 @@ def test_encode_rejects_unknown_characters_and_stream_baseline_matches_flat():
 
 
 def test_plan_names_and_errors():
-    assert EXP.plan(cg.Config()) == ["trump-lstm", "trump-gru", "moliere-lstm", "moliere-gru"]
-    config = cg.Config(corpora=["moliere"], models=["mikolov", "gru"])
+    # the product, then the course's two (tanh RNN on Trump, with its scratch twin; Mikolov on
+    # Moliere)
+    assert EXP.plan(cg.Config()) == ["trump-lstm", "trump-gru", "moliere-lstm", "moliere-gru",
+                                     "trump-rnn", "trump-rnn-scratch", "moliere-mikolov"]
+    config = cg.Config(corpora=["moliere"], models=["mikolov", "gru"], extra=[])
     assert EXP.plan(config) == ["moliere-mikolov", "moliere-gru"]
     assert EXP.needs(config) == ["moliere"]
+    assert EXP.needs(cg.Config(corpora=["moliere"], models=["gru"])) == ["trump", "moliere"]
+    assert cg.parse_name("trump-rnn-scratch") == ("trump", "rnn")
+    with pytest.raises(ValueError, match="no fused torch.nn equivalent"):
+        EXP.plan(cg.Config(backend_twins=["moliere-mikolov"]))
+    with pytest.raises(ValueError, match="already name a backend"):
+        EXP.plan(cg.Config(backend_twins=["trump-rnn-scratch"]))
     with pytest.raises(ValueError, match="bad configuration name"):
         cg.parse_name("trump_lstm")
     with pytest.raises(ValueError, match="stateful"):
@@ -132,20 +141,40 @@ def test_profile_rejects_bad_tables(values, message):
 
 def test_profile_tables_plan_the_expected_configurations():
     smoke = load_profile("smoke", only=["char_generation"]).config("char_generation")
-    assert EXP.plan(smoke) == ["trump-lstm"] and smoke.train.epochs == 1
+    assert EXP.plan(smoke) == ["trump-lstm", "trump-lstm-scratch", "trump-mikolov"]
+    assert smoke.train.epochs == 1 and smoke.mikolov.epochs == 1
     assert smoke.model.hidden_size == 32 and smoke.train.stateful
 
     default = load_profile("default", only=["char_generation"]).config("char_generation")
     assert default == cg.Config()  # the default profile is the Config defaults
-    assert EXP.plan(default) == ["trump-lstm", "trump-gru", "moliere-lstm", "moliere-gru"]
+    assert EXP.plan(default)[:4] == ["trump-lstm", "trump-gru", "moliere-lstm", "moliere-gru"]
     assert (default.train.epochs, default.train.lr, default.train.lr_decay) == (3, 6e-3, 0.6)
     assert default.model.hidden_size == 256 and default.val_fraction == 0.05
 
     full = load_profile("full", only=["char_generation"]).config("char_generation")
-    assert len(EXP.plan(full)) == 8 and "moliere-mikolov" in EXP.plan(full)
+    assert len(EXP.plan(full)) == 9 and "moliere-mikolov" in EXP.plan(full)
+    assert "trump-rnn-scratch" in EXP.plan(full) and full.mikolov.hidden_size == 512
     assert (full.model.num_layers, full.model.hidden_size, full.model.dropout) == (2, 512, 0.3)
     assert full.train.epochs == 20 and full.train.select_epoch == "best_val"
     assert full.max_train_chars == 0  # the whole training part
+
+
+def test_mikolov_trains_as_the_lesson_sets_it_up_and_twins_change_only_the_backend():
+    """Mikolov: hidden 128 and plain SGD ([char_generation.mikolov]), the rest of the training
+    block shared; a backend twin is the same model on the other backend."""
+    config = cg.Config()
+    mikolov = EXP.train_config(config, "moliere-mikolov")
+    assert (mikolov.optimizer, mikolov.momentum, mikolov.epochs) == ("sgd", 0.0,
+                                                                     config.mikolov.epochs)
+    assert (mikolov.seed, mikolov.stateful, mikolov.grad_clip) == (
+        config.train.seed, True, config.train.grad_clip)
+    assert EXP.train_config(config, "trump-rnn") is config.train
+    vocab = type("D", (), {"model_name": "mikolov", "vocab": list("abcd")})()
+    assert EXP.model(config, "moliere-mikolov", vocab).mikolov.hidden_size == 128
+    rnn = type("D", (), {"model_name": "rnn", "vocab": list("abcd")})()
+    fused, scratch = (EXP.model(config, n, rnn) for n in ("trump-rnn", "trump-rnn-scratch"))
+    assert (fused.config.backend, scratch.config.backend) == ("fused", "scratch")
+    assert {**config_dict(fused), "backend": "scratch"} == config_dict(scratch)
 
 
 def test_mikolov_is_one_layer_and_single_layers_have_no_dropout():

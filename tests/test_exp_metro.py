@@ -113,11 +113,17 @@ def test_validation_days_are_the_last_training_days_disjoint_from_training(metro
         load_splits(manifest, stations=10, val_days=18)
 
 
+SMOKE_STACK = {"metro_classification": "gru-10st-inout-tod", "metro_forecasting": "gru-inout-ctx"}
+
+
 @pytest.mark.parametrize("exp", [CLS, FC], ids=lambda e: e.name)
-def test_data_model_batches_never_read_the_test_split(exp, metro):
+@pytest.mark.parametrize("which", ["stack", "course"])
+def test_data_model_batches_never_read_the_test_split(exp, which, metro):
     """Every phase before `score` runs with the test split sealed (reading it would raise)."""
     config = _profile("smoke", exp)
-    (name,) = exp.plan(config)
+    name = SMOKE_STACK[exp.name]
+    if which == "course":
+        name = next(n for n in exp.plan(config) if n.startswith("course"))
     data = exp.data(config, name, metro)
     model = exp.model(config, name, data)
     batches = exp.batches(config, name, data)
@@ -139,8 +145,11 @@ def test_data_model_batches_never_read_the_test_split(exp, metro):
 
 def test_profile_tables_plan_the_expected_configurations():
     assert _profile("default", CLS) == cls.Config() and _profile("default", FC) == fc.Config()
-    assert CLS.plan(cls.Config()) == ["gru-10st-in", "gru-10st-inout"]
-    assert FC.plan(fc.Config()) == ["gru-in-ctx", "gru-inout-ctx"]
+    assert CLS.plan(cls.Config()) == ["course-10st-in", "course-10st-inout",
+                                      "course-10st-inout-fused", "gru-10st-in", "gru-10st-inout",
+                                      "gru-80st-inout"]
+    assert FC.plan(fc.Config()) == ["gru-in", "gru-in-ctx", "gru-inout", "gru-inout-ctx",
+                                    "gru-inout-ctx-scratch", "course-in", "course-inout"]
     default = cls.Config()
     assert (default.val_days, default.train.epochs, default.train.lr, default.model.hidden_size,
             default.train.precision, default.train.select_epoch) == (3, 20, 3e-3, 64, "fp32", "last")
@@ -148,27 +157,47 @@ def test_profile_tables_plan_the_expected_configurations():
         8, 0.9, True)
 
     smoke_cls, smoke_fc = _profile("smoke", CLS), _profile("smoke", FC)
-    assert CLS.plan(smoke_cls) == ["gru-10st-inout-tod"] and FC.plan(smoke_fc) == ["gru-inout-ctx"]
+    assert CLS.plan(smoke_cls) == ["course-10st-inout-tod", "course-10st-inout-tod-fused",
+                                   "gru-10st-inout-tod"]
+    assert FC.plan(smoke_fc) == ["gru-inout-ctx", "gru-inout-ctx-scratch", "course-inout"]
     assert smoke_cls.train.epochs == 1 == smoke_fc.train.epochs
     assert smoke_cls.model.hidden_size == 8 == smoke_fc.model.hidden_size
 
     full_cls, full_fc = _profile("full", CLS), _profile("full", FC)
     names = CLS.plan(full_cls)
-    assert len(names) == 18 and names[:3] == ["rnn-10st-in", "rnn-10st-inout", "rnn-10st-inout-tod"]
+    assert len(names) == 25 and names[:3] == ["course-10st-in", "course-10st-inout",
+                                              "course-10st-inout-fused"]
     assert "gru-80st-inout-tod" in names
     assert (full_cls.model.hidden_size, full_cls.model.num_layers, full_cls.model.dropout) == (
         128, 2, 0.3)
     assert (full_cls.train.epochs, full_cls.train.lr_decay, full_cls.train.select_epoch) == (
         60, 0.97, "best_val")
-    assert len(FC.plan(full_fc)) == 12 and FC.plan(full_fc)[:2] == ["rnn-in", "rnn-in-ctx"]
+    assert len(FC.plan(full_fc)) == 17 and FC.plan(full_fc)[:2] == ["course-in", "course-in-ctx"]
     assert (full_fc.model.hidden_size, full_fc.train.epochs, full_fc.covariates) == (
         128, 30, list(fc.COVARIATES))
 
 
 def test_classification_plan_names_and_cross_field_rules():
-    config = cls.Config(cells=["rnn", "gru"], stations=[10, 80], features=["in", "inout-tod"])
+    config = cls.Config(cells=["rnn", "gru"], stations=[10, 80], features=["in", "inout-tod"],
+                        extra=[], backend_twins=[])
     assert CLS.plan(config)[:2] == ["rnn-10st-in", "rnn-10st-inout-tod"]
     assert "gru-80st-inout-tod" in CLS.plan(config) and len(CLS.plan(config)) == 8
+    # extra names outside the product; a twin right after its configuration
+    config = cls.Config(cells=["gru"], features=["in"], extra=["lstm-20st-inout-tod", "gru-10st-in"],
+                        backend_twins=["lstm-20st-inout-tod"])
+    assert CLS.plan(config) == ["gru-10st-in", "lstm-20st-inout-tod",
+                                "lstm-20st-inout-tod-scratch"]
+    spec = CLS.specs(config)["lstm-20st-inout-tod-scratch"]
+    assert (spec.cell, spec.stations, spec.columns, spec.backend) == ("lstm", 20, [0, 1], "scratch")
+    with pytest.raises(ValueError, match="bad configuration name 'gru-10-in'"):
+        CLS.plan(cls.Config(extra=["gru-10-in"]))
+    # a twin of an unplanned configuration is left out; a name that could not be is an error
+    assert CLS.plan(cls.Config(backend_twins=["gru-80st-in"])) == CLS.plan(
+        cls.Config(backend_twins=[]))
+    with pytest.raises(ValueError, match="bad configuration name 'gru-80-in'"):
+        CLS.plan(cls.Config(backend_twins=["gru-80-in"]))
+    with pytest.raises(ValueError, match="unknown feature set 'in-fused'"):
+        CLS.plan(cls.Config(backend_twins=["course-10st-in-fused"]))
     with pytest.raises(ValueError, match="unknown feature set 'in\\+out'"):
         CLS.plan(cls.Config(features=["in+out"]))
     with pytest.raises(ValueError, match="must contain 73"):
@@ -178,8 +207,13 @@ def test_classification_plan_names_and_cross_field_rules():
 
 
 def test_forecasting_plan_names_and_cross_field_rules():
-    config = fc.Config(cells=["gru"], features=["in", "inout"], inputs=["flows", "context"])
+    config = fc.Config(cells=["gru"], features=["in", "inout"], inputs=["flows", "context"],
+                       extra=[], backend_twins=[])
     assert FC.plan(config) == ["gru-in", "gru-in-ctx", "gru-inout", "gru-inout-ctx"]
+    spec = FC.specs(fc.Config())["course-inout"]
+    assert (spec.cell, spec.covariates, spec.backend) == ("course", (), None)
+    with pytest.raises(ValueError, match="must contain 73"):
+        FC.plan(fc.Config(eval_lengths=[8, 16]))
     with pytest.raises(ValueError, match="unknown covariates \\['weather'\\]"):
         FC.plan(fc.Config(covariates=["weather"]))
     with pytest.raises(ValueError, match="unknown feature set 'inout-tod'"):
@@ -222,10 +256,51 @@ def test_make_batch_one_length_and_labels_are_stations(metro):
     torch.testing.assert_close(batch.x[:, 1, 1:], time_features(torch.arange(66, 73)[:, None])[:, 0])
 
 
+def test_course_cell_builds_the_course_rnn_class_and_its_twin_torch_nn(metro):
+    """course-*: the course's RNN class (hand-written, one layer whatever the block says);
+    its -fused twin: torch.nn's RNN + Linear, with the very same initial weights."""
+    from rnn_core.cells import RNN
+    from rnn_core.checkpoints import seed_everything
+
+    config = _profile("smoke", CLS)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_layers=2))
+    models, backends = {}, []
+    for name in ("course-10st-inout-tod", "course-10st-inout-tod-fused"):
+        data = CLS.data(config, name, metro)
+        seed_everything(config.train.seed)
+        models[name] = CLS.model(config, name, data)
+        backends.append(CLS.tags(config, name, data)["backend"])
+    course, fused = models.values()
+    assert isinstance(course.rnn, RNN) and course.config.mode == "course"
+    assert fused.config.mode == "stack" and fused.config.backend == "fused"
+    assert fused.config.num_layers == 1 == course.config.num_layers
+    torch.testing.assert_close(course.rnn.cell.weight_ih, fused.rnn.weight_ih_l0)
+    torch.testing.assert_close(course.rnn.decoder.bias, fused.head.bias)
+    assert backends == ["scratch", "fused"]
+
+
+@pytest.mark.slow
+def test_course_pair_trains_and_agrees(metro, tmp_path):
+    """The course's RNN class trains in the experiment, and with its torch.nn twin from the same
+    seed it reaches the same test metrics within rnn_core.comparisons' tolerances."""
+    from rnn_core.comparisons import backend_agreement
+
+    config = _profile("smoke", CLS)
+    results = [run_configuration(CLS.name, config, name, metro, tmp_path)
+               for name in ("course-10st-inout-tod", "course-10st-inout-tod-fused")]
+    course = results[0]
+    assert course.model_config["mode"] == "course" and math.isfinite(course.headline_value)
+    assert course.history[-1]["train_loss"] < math.log(10) + 0.5  # learnt something, or close
+    rows = backend_agreement([(CLS.name, r.name, r.metrics) for r in results])
+    assert {r["metric"] for r in rows} >= {"test_error_L73", "test_error_L20"}
+    assert all(r["agree"] for r in rows), rows
+    assert all(r["configuration"] == "course-10st-inout-tod" for r in rows)
+
+
 @pytest.mark.slow
 def test_classification_smoke_run(metro, tmp_path):
     config = _profile("smoke", CLS)
-    (name,) = CLS.plan(config)
+    name = SMOKE_STACK[CLS.name]
     with pytest.raises(KeyError, match="unknown configuration"):
         run_configuration(CLS.name, config, "lstm-3st-in", metro, tmp_path)
     result = run_configuration(CLS.name, config, name, metro, tmp_path)
@@ -272,7 +347,7 @@ def test_classification_smoke_run(metro, tmp_path):
                          ids=["classification", "forecasting"])
 def test_best_val_epoch_is_chosen_on_validation(exp, key, metro, tmp_path):
     config = _train(_profile("smoke", exp), epochs=3, select_epoch="best_val")
-    (name,) = exp.plan(config)
+    name = SMOKE_STACK[exp.name]
     result = run_configuration(exp.name, config, name, metro, tmp_path)
     _check_history(result, 3)
     curve = [row[key] for row in result.history]
@@ -326,11 +401,19 @@ def test_make_windows_inputs_targets_and_profile_covariate(metro):
 @pytest.mark.slow
 def test_forecasting_smoke_run(metro, tmp_path):
     config = _profile("smoke", FC)
-    (name,) = FC.plan(config)
+    name = SMOKE_STACK[FC.name]
     result = run_configuration(FC.name, config, name, metro, tmp_path)
     H = config.horizon
     for prefix in ("test", "persistence", "profile", "daytype_profile", "train", "val"):
         assert {f"{prefix}_mse_h{h}" for h in range(1, H + 1)} <= set(result.metrics)
+    # MSE against the input length: each eval length, by horizon, and the baselines there;
+    # the whole-day length is the whole-day score.
+    for L in config.eval_lengths:
+        assert {f"test_mse_L{L}", f"daytype_profile_mse_L{L}", f"persistence_mse_L{L}"} | {
+            f"test_mse_L{L}_h{h}" for h in range(1, H + 1)} <= set(result.metrics)
+    assert result.metrics["test_mse_L73"] == pytest.approx(result.metrics["test_mse"], rel=1e-6)
+    assert result.metrics["daytype_profile_mse_L73"] == pytest.approx(
+        result.metrics["daytype_profile_mse"], rel=1e-6)
     assert "example_day" not in result.metrics  # an array for the report, not a metric
     assert all(math.isfinite(v) for v in result.metrics.values())
     assert result.headline.metric == "test_mse_h1" and result.headline.goal == "min"
@@ -347,7 +430,8 @@ def test_forecasting_smoke_run(metro, tmp_path):
         direct = ((flows[:, h:] - flows[:, :-h]) ** 2).double().mean().item()
         assert result.metrics[f"persistence_mse_h{h}"] == pytest.approx(direct, rel=1e-5)
     assert all(path.is_file() for path in result.figures.values())
-    assert {"mse_by_horizon", "learning_curves", "example_day"} <= set(result.figures)
+    assert {"mse_by_horizon", "mse_by_length", "learning_curves", "example_day"} <= set(
+        result.figures)
     # The checkpoint rebuilds the trained model: the same test MSE on the same inputs, and the
     # chosen epoch's validation MSE on whole validation days.
     model = _rebuilt(result)

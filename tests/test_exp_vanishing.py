@@ -26,6 +26,8 @@ METRICS = {
     "chosen_epoch", "resumed_from_epoch", "val_loss", "val_nats", "val_bits_per_char",
     "val_perplexity",
 }
+CELL_METRICS = {"cell_grad_norm_ratio_d50", "init_cell_grad_norm_ratio_d50",
+                "cell_vanish_distance", "init_cell_vanish_distance"}
 
 
 def smoke_config(**changes) -> vg.Config:
@@ -34,7 +36,7 @@ def smoke_config(**changes) -> vg.Config:
 
 
 def test_plan_is_one_configuration_per_model_and_checks_its_inputs():
-    assert EXP.plan(vg.Config()) == ["rnn", "lstm", "gru"]
+    assert EXP.plan(vg.Config()) == ["rnn", "lstm", "lstm-scratch", "gru", "lstm-fb1"]
     assert EXP.plan(vg.Config(models=["gru"])) == ["gru"]  # no model is required any more
     assert EXP.needs(vg.Config(corpus="moliere")) == ["moliere"]
     assert EXP.diagnostic and EXP.headline.metric == "grad_norm_ratio_d50"
@@ -69,7 +71,8 @@ def test_profile_rejects_bad_tables(values, message):
 def test_profile_tables_plan_the_expected_configurations():
     for profile, hidden, epochs in (("smoke", 16, 1), ("default", 128, 2), ("full", 256, 5)):
         config = load_profile(profile, only=["vanishing_gradients"]).config("vanishing_gradients")
-        assert EXP.plan(config) == ["rnn", "lstm", "gru"]
+        assert EXP.plan(config) == (["rnn", "lstm", "gru"] if profile == "smoke" else
+                                    ["rnn", "lstm", "lstm-scratch", "gru", "lstm-fb1"])
         assert (config.model.hidden_size, config.train.epochs) == (hidden, epochs)
         assert config.train.stateful
     assert load_profile("default", only=["vanishing_gradients"]).config(
@@ -117,7 +120,7 @@ class Spy(vg.VanishingGradients):
 
 
 def test_run_smoke(manifests, tmp_path):
-    config = smoke_config()
+    config = smoke_config(models=list(vg.MODELS), backend_twins=["lstm"])
     m = manifests("trump")
     results = []
     for name in EXP.plan(config):
@@ -128,7 +131,8 @@ def test_run_smoke(manifests, tmp_path):
         assert len(spy.built) == 2
         assert all(torch.equal(spy.built[0][k], spy.built[1][k]) for k in spy.built[0])
 
-        assert set(result.metrics) == METRICS
+        lstm = name.startswith("lstm")
+        assert set(result.metrics) == METRICS | (CELL_METRICS if lstm else set())
         assert all(math.isfinite(v) for v in result.metrics.values())
         assert result.headline.metric in result.metrics and result.headline.goal == "max"
         assert 0 < result.metrics["grad_norm_ratio_d50"]
@@ -137,21 +141,26 @@ def test_run_smoke(manifests, tmp_path):
         assert "val_nats" in result.history[0]
         assert not any(k.startswith("test_") for row in result.history for k in row)
         assert result.tags["model"] == name and result.tags["dataset"] == "trump"
+        assert result.model_config["backend"] == ("scratch" if name == "lstm-scratch" else "fused")
+        assert result.model_config["forget_bias"] == (1.0 if name == "lstm-fb1" else None)
         assert result.params == dataclasses.asdict(config)
         assert set(result.figures) == {"grad_norm_vs_distance"}
         assert all(path.exists() for path in result.figures.values())
 
         # The CSV holds the raw norms: one row per distance, its ratios are the metrics'.
         rows = result.texts["grad_norms.csv"].strip().splitlines()
-        assert rows[0] == "distance,init,trained" and len(rows) == config.seq_len + 1
-        for col, prefix in ((1, "init_"), (2, "")):
+        header = "distance,init,trained" + (",c_init,c_trained" if lstm else "")
+        assert rows[0] == header and len(rows) == config.seq_len + 1
+        columns = [(1, "init_"), (2, "")] + ([(3, "init_cell_"), (4, "cell_")] if lstm else [])
+        for col, prefix in columns:
             d0, d50 = float(rows[1].split(",")[col]), float(rows[51].split(",")[col])
             assert d50 / d0 == pytest.approx(result.metrics[f"{prefix}grad_norm_ratio_d50"],
                                              rel=1e-5)
 
         # The checkpoint is this model's; build_model + its state reproduce the measurement.
         payload = load_checkpoint(result.checkpoint)
-        assert payload["config"] == result.model_config and payload["config"]["cell"] == name
+        assert payload["config"] == result.model_config
+        assert payload["config"]["cell"] == name.split("-")[0]
         rebuilt = build_model(payload["config"])
         rebuilt.load_state_dict(payload["model_state"])
         data = EXP.data(config, name, m)
@@ -176,15 +185,26 @@ def test_run_smoke(manifests, tmp_path):
 
     # The cross-model summary: every model's init and trained curves on one figure, per stage
     # too, and the combined CSV (from the results' own CSVs, in the configured order).
+    # Backend twins are left out; the LSTMs' cell state has its own figure and columns; the
+    # lesson's tanh / tanh' figure comes with the summary.
     report = EXP.summarise(config, results[::-1], tmp_path / "summary")
     assert set(report.figures) == {"grad_norm_vs_distance", "grad_norm_vs_distance_init",
-                                   "grad_norm_vs_distance_trained"}
+                                   "grad_norm_vs_distance_trained", "cell_grad_norm_vs_distance",
+                                   "tanh_and_derivative"}
     assert all(path.exists() for path in report.figures.values())
     rows = report.texts["grad_norms.csv"].strip().splitlines()
     assert rows[0] == ("distance,rnn_init,rnn_trained,lstm_init,lstm_trained,gru_init,"
-                       "gru_trained")
+                       "gru_trained,lstm-fb1_init,lstm-fb1_trained,lstm_c_init,lstm_c_trained,"
+                       "lstm-fb1_c_init,lstm-fb1_c_trained")
     col = rows[0].split(",").index("lstm_trained")
     lstm = next(r for r in results if r.name == "lstm")
     d0, d50 = float(rows[1].split(",")[col]), float(rows[51].split(",")[col])
     assert d50 / d0 == pytest.approx(lstm.metrics["grad_norm_ratio_d50"], rel=1e-5)
     assert EXP.summarise(config, [], tmp_path / "none").figures == {}
+    # At init the forget-gate bias keeps more of the cell state's gradient 50 steps back, and
+    # the scratch twin measures exactly what the fused LSTM does (same weights, same formula).
+    by_name = {r.name: r.metrics for r in results}
+    assert (by_name["lstm-fb1"]["init_cell_grad_norm_ratio_d50"]
+            > by_name["lstm"]["init_cell_grad_norm_ratio_d50"])
+    assert by_name["lstm-scratch"]["init_cell_grad_norm_ratio_d50"] == pytest.approx(
+        by_name["lstm"]["init_cell_grad_norm_ratio_d50"], rel=1e-9)

@@ -1,11 +1,24 @@
 """AG News topic classification (World, Sports, Business, Sci/Tech) with recurrent classifiers.
 
-Configurations (the course lesson's four models; `Config.models` picks which ones run):
-    simplernn16-title    SimpleRNN(16) on the title only, no masking: titles are left-padded
-                         (Keras' default "pre" padding) so the final state follows the last word
-    simplernn16-masked   SimpleRNN(16) on title + description, masked by length
+Configurations (the course lesson's models, AI-For-Beginners 5-NLP/16-RNN; `Config.models`
+picks which ones run; embeddings of 64, the lesson's, but 128 for the BiLSTM):
+    simplernn16-title    SimpleRNN(16) on the title only, padded the way the lesson's
+                         TextVectorization pads: zeros AFTER the text, to the longest title of
+                         each batch, batches drawn in random order (not by length) and no mask,
+                         so the recurrence keeps running over the padding and the final state
+                         follows it: the harm of padding, visible
+    simplernn16-full     the same unmasked, post-padded SimpleRNN(16) on title + description (the
+                         lesson: "try training with description"): far more padding per batch
+    simplernn16-masked   SimpleRNN(16) on title + description, masked by length (mask_zero)
     lstm8                LSTM(8) on title + description, masked
     bilstm64x2           two-layer bidirectional LSTM(64) over a 128-d embedding, masked
+    simplernn16-title-pre  (not in the lesson) titles padded BEFORE the text (Keras'
+                         pad_sequences default), so the final state follows the last word
+Unmasked configurations read the pad token like any word (a trainable embedding row, as Keras'
+Embedding without mask_zero), and are scored on batches padded the same way (batch_size rows in
+the split's order), so their test figure includes what padding costs them.
+`backend_twins` trains a configuration again on the other backend ("lstm8-scratch"):
+rnn_core.comparisons compares the pair.
 
 Data: the prepared AG News manifest (it says whether the training split is the full 120,000 rows
 or the mirror's 41,342-row subset; every result records it). A `val_fraction` slice of the TRAIN
@@ -39,9 +52,10 @@ from rnn_core import baselines, plots
 from rnn_core.config import as_dict, knob
 from rnn_core.datasets.ag_news import CLASS_NAMES, load_ag_news
 from rnn_core.datasets.bucketing import BucketBatchSampler, choose_boundaries, pad_batch
+from rnn_core.experiments.pairs import split_twin, with_twins
 from rnn_core.experiments.protocol import Batches, Experiment, Report, Splits
-from rnn_core.metrics import ClassificationMetrics
 from rnn_core.layers import BACKENDS
+from rnn_core.metrics import ClassificationMetrics
 from rnn_core.models import Batch, ClassifierConfig, build_model
 from rnn_core.results import Headline
 from rnn_core.significance import PerExampleOutcome
@@ -53,21 +67,30 @@ class Architecture:
     """What one configuration name trains: its input text, masking and recurrent stack."""
 
     text: str  # title (title_ids) | full (ids: title + description)
-    masked: bool  # lengths-masked (packed); False = left-padded, every step runs
+    padding: str  # masked (lengths, packed) | post (after the text, unmasked, batches in random
+    # order: the lesson's TextVectorization) | pre (before the text, unmasked, bucketed)
     cell: str  # rnn (tanh, Keras' SimpleRNN) | lstm
     hidden_size: int  # units per layer and direction
     num_layers: int = 1
     bidirectional: bool = False
-    embedding_dim: int = 32
+    embedding_dim: int = 64  # the lesson's embed_size
+
+    @property
+    def masked(self) -> bool:
+        return self.padding == "masked"
 
 
+PADDINGS = ("masked", "post", "pre")
 ARCHITECTURES: dict[str, Architecture] = {
-    "simplernn16-title": Architecture("title", masked=False, cell="rnn", hidden_size=16),
-    "simplernn16-masked": Architecture("full", masked=True, cell="rnn", hidden_size=16),
-    "lstm8": Architecture("full", masked=True, cell="lstm", hidden_size=8),
-    "bilstm64x2": Architecture("full", masked=True, cell="lstm", hidden_size=64, num_layers=2,
+    "simplernn16-title": Architecture("title", "post", cell="rnn", hidden_size=16),
+    "simplernn16-full": Architecture("full", "post", cell="rnn", hidden_size=16),
+    "simplernn16-masked": Architecture("full", "masked", cell="rnn", hidden_size=16),
+    "lstm8": Architecture("full", "masked", cell="lstm", hidden_size=8),
+    "bilstm64x2": Architecture("full", "masked", cell="lstm", hidden_size=64, num_layers=2,
                                bidirectional=True, embedding_dim=128),
+    "simplernn16-title-pre": Architecture("title", "pre", cell="rnn", hidden_size=16),
 }
+LESSON = ["simplernn16-title", "simplernn16-full", "simplernn16-masked", "lstm8", "bilstm64x2"]
 
 
 @dataclass
@@ -76,11 +99,14 @@ class Model:
 
     backend: str = knob("fused", choices=BACKENDS)  # fused (torch.nn / cuDNN) | scratch
     dropout: float = knob(0.3, min=0, below=1)  # between stacked layers (two-layer models only)
+    forget_bias: float | None = knob(None)  # LSTM models: forget-gate bias at init (e.g. 1.0)
 
 
 @dataclass
 class Config:
-    models: list[str] = knob(["lstm8", "bilstm64x2"], choices=tuple(ARCHITECTURES), nonempty=True)
+    models: list[str] = knob(LESSON, choices=tuple(ARCHITECTURES), nonempty=True)
+    backend_twins: list[str] = knob(["lstm8"], choices=tuple(ARCHITECTURES))  # also trained on
+    # the other backend, when planned
     vocab_size: int | None = knob(12000, min=2)  # keep the most frequent ids (the prepared
     # vocab is ranked); rarer ones become <unk>: fewer embedding rows. None = the whole vocab
     max_length: int | None = knob(100, min=1)  # first tokens of the rare longer texts (None = all)
@@ -126,14 +152,22 @@ def _split(df, column: str, rows: np.ndarray, config: Config, unk_id: int) -> Sp
     return Split(seqs, df["label"].to_numpy()[rows].astype(np.int64), rows)
 
 
-def make_batch(split: Split, idx, masked: bool, pad_id: int) -> Batch:
-    """Rows `idx` -> Batch(x L x B ids, y B, lengths B). Unmasked: left-padded, lengths None."""
+def make_batch(split: Split, idx, padding: str, pad_id: int) -> Batch:
+    """Rows `idx` -> Batch(x L x B ids, y B, lengths B), L = the longest row.
+
+    masked: padding after each text, lengths given (skipped by packing / masking);
+    post: padding after each text, lengths None (every step runs, the pad token read as input);
+    pre: padding before each text, lengths None."""
     seqs = [split.seqs[i] for i in idx]
     y = torch.as_tensor(split.y[idx])
-    if masked:
+    if padding == "masked":
         x, lengths = pad_batch(seqs, pad_id)  # padding after each sequence, skipped by packing
         # No padding, nothing to mask: lengths=None lets the fused kernel skip packing.
         return Batch(x, y, None if bool((lengths == x.shape[0]).all()) else lengths)
+    if padding == "post":
+        return Batch(pad_batch(seqs, pad_id)[0], y, None)
+    if padding != "pre":
+        raise ValueError(f"unknown padding {padding!r}: expected one of {PADDINGS}")
     x, _ = pad_batch([s[::-1].copy() for s in seqs], pad_id)  # reversed, padded after ...
     return Batch(x.flip(0), y, None)  # ... flipped back: padding first, text last
 
@@ -143,11 +177,21 @@ def bucket_boundaries(split: Split, batch_size: int, config: Config) -> list[int
     return choose_boundaries(split.lengths, batch_size, config.max_padding, max_buckets=512)
 
 
-def eval_batches(split: Split, config: Config, masked: bool, pad_id: int) -> list[Batch]:
-    """Bucketed batches in a fixed order (scores are exact sums, independent of batching)."""
+def eval_index(split: Split, config: Config, arch: Architecture) -> list[np.ndarray]:
+    """The scoring batches' rows, in a fixed order. Bucketed by length (the score is then exact,
+    independent of batching), except for post padding: `batch_size` rows in the split's order,
+    padded as in training, so the score includes what the padding costs."""
+    if arch.padding == "post":
+        return [np.arange(i, min(i + config.batch_size, len(split)))
+                for i in range(0, len(split), config.batch_size)]
     boundaries = bucket_boundaries(split, config.eval_batch_size, config)
     sampler = BucketBatchSampler(split.lengths, config.eval_batch_size, boundaries, shuffle=False)
-    return [make_batch(split, np.asarray(idx), masked, pad_id) for idx in sampler]
+    return [np.asarray(idx) for idx in sampler]
+
+
+def eval_batches(split: Split, config: Config, arch: Architecture, pad_id: int) -> list[Batch]:
+    return [make_batch(split, idx, arch.padding, pad_id)
+            for idx in eval_index(split, config, arch)]
 
 
 def slug(label: str) -> str:
@@ -162,19 +206,22 @@ class AGNews(Experiment):
     """AG News topic classification: SimpleRNN, masking, LSTM, two-layer BiLSTM."""
 
     name = "ag_news"
+    axes = ("models", "backend_twins")  # which configurations, not how they train
     Config = Config
     headline = Headline("test_accuracy", "max")
     datasets = ("ag_news",)
     select_on = ("accuracy", "max")
 
     def plan(self, config: Config) -> list[str]:
-        """The configuration names, in the order `config.models` lists them."""
-        return list(config.models)
+        """The configuration names, in the order `config.models` lists them, each followed by
+        its backend twin ("<name>-scratch" / "-fused") when `backend_twins` lists it."""
+        return with_twins(self.name, config.models, config.backend_twins,
+                          lambda n: config.model.backend)
 
     def data(self, config: Config, name: str, manifests) -> Splits:
         """(train, val, test): val is a seeded random slice of the train split."""
         manifest = manifests["ag_news"]
-        arch = ARCHITECTURES[name]
+        arch = ARCHITECTURES[split_twin(name)[0]]
         train_df, test_df, vocab = load_ag_news(Path(manifest.folder))
         column = "title_ids" if arch.text == "title" else "ids"
         order = np.random.default_rng(config.train.seed).permutation(len(train_df))
@@ -206,28 +253,39 @@ class AGNews(Experiment):
         return Splits(train, val, test, info, vocab=vocab, vocab_size=vocab_size, arch=arch)
 
     def model(self, config: Config, name: str, data: Splits):
-        arch = data.arch
+        arch, backend = data.arch, split_twin(name)[1] or config.model.backend
         return build_model(as_dict(ClassifierConfig(
-            **as_dict(config.model) | {"dropout": config.model.dropout if arch.num_layers > 1
-                                       else 0.0},
+            **as_dict(config.model) | {
+                "dropout": config.model.dropout if arch.num_layers > 1 else 0.0,
+                "forget_bias": config.model.forget_bias if arch.cell == "lstm" else None,
+                "backend": backend},
             cell=arch.cell, hidden_size=arch.hidden_size, num_layers=arch.num_layers,
             bidirectional=arch.bidirectional, embedding_dim=arch.embedding_dim,
             num_classes=len(CLASS_NAMES), vocab_size=data.vocab_size,
-            padding_idx=data.vocab.pad_id)) | {"kind": "classifier"})
+            # unmasked: the pad token is a word like any other (Keras' Embedding, no mask_zero)
+            padding_idx=data.vocab.pad_id if arch.masked else None)) | {"kind": "classifier"})
 
     def batches(self, config: Config, name: str, data: Splits) -> Batches:
-        """Shuffled bucketed training batches with word dropout; fixed-order val batches."""
-        split, masked = data.train, data.arch.masked
+        """Shuffled training batches with word dropout (bucketed by length, except for post
+        padding: random rows, as the lesson's unbucketed pipeline); fixed-order val batches."""
+        split, arch = data.train, data.arch
         pad_id, unk_id, seed = data.vocab.pad_id, data.vocab.unk_id, config.train.seed
         boundaries = bucket_boundaries(split, config.batch_size, config)
         sampler = BucketBatchSampler(split.lengths, config.batch_size, boundaries, seed=seed)
 
+        def rows(epoch: int):
+            if arch.padding != "post":
+                sampler.set_epoch(epoch)
+                return sampler
+            order = np.random.default_rng([seed, epoch]).permutation(len(split))
+            return [order[i : i + config.batch_size]
+                    for i in range(0, len(order), config.batch_size)]
+
         def train_batches(epoch: int) -> list[Batch]:
-            sampler.set_epoch(epoch)
             rng = torch.Generator().manual_seed(seed * 100_003 + epoch)
             out = []
-            for idx in sampler:
-                batch = make_batch(split, np.asarray(idx), masked, pad_id)
+            for idx in rows(epoch):
+                batch = make_batch(split, np.asarray(idx), arch.padding, pad_id)
                 if config.word_dropout > 0:
                     drop = torch.rand(batch.x.shape, generator=rng) < config.word_dropout
                     batch = batch._replace(x=batch.x.masked_fill(drop & (batch.x != pad_id),
@@ -235,23 +293,20 @@ class AGNews(Experiment):
                 out.append(batch)
             return out
 
-        return Batches(train_batches, eval_batches(data.val, config, masked, pad_id))
+        return Batches(train_batches, eval_batches(data.val, config, arch, pad_id))
 
     def score(self, config: Config, name: str, model, data: Splits) -> dict[str, float]:
         """Test split (once, the chosen model), training rows, majority baseline."""
-        masked, pad_id = data.arch.masked, data.vocab.pad_id
+        arch, pad_id = data.arch, data.vocab.pad_id
         accuracy = ClassificationMetrics(len(CLASS_NAMES))
         correct = PerExampleOutcome()  # 0/1 per test row: the champion's paired test
-        test = evaluate(model, eval_batches(data.test, config, masked, pad_id),
+        test = evaluate(model, eval_batches(data.test, config, arch, pad_id),
                         [accuracy, correct])
-        # Batches are bucketed by length: put the outcomes back in the test split's row order.
-        sampler = BucketBatchSampler(data.test.lengths, config.eval_batch_size,
-                                     bucket_boundaries(data.test, config.eval_batch_size, config),
-                                     shuffle=False)
-        order = np.concatenate([np.asarray(idx) for idx in sampler])
+        # Batches may be bucketed by length: put the outcomes back in the test split's row order.
+        order = np.concatenate(eval_index(data.test, config, arch))
         per_example = np.empty(len(order))
         per_example[order] = correct.values()
-        train_scores = evaluate(model, eval_batches(data.train, config, masked, pad_id))
+        train_scores = evaluate(model, eval_batches(data.train, config, arch, pad_id))
         majority = 1.0 - baselines.majority_error(torch.as_tensor(data.train.y),
                                                   torch.as_tensor(data.test.y))
         return {

@@ -13,9 +13,14 @@ length in `eval_lengths` on each split (days x stations x start positions), or a
 of `max_eval_windows` when there are more (dataset["eval_windows"] says which).
 
 Configurations: cell x station count x feature set, named "<cell>-<S>st-<features>", e.g.
-"rnn-10st-in", "gru-80st-inout". Feature sets: "in" (inflow), "inout" (inflow, outflow), and a
+"rnn-10st-in", "gru-80st-inout", plus any listed by name in `extra`. Cells: "course" is the
+course's own model, the tanh `RNN` class of rnn_core.cells (its one_step / forward / decode, on
+the hand-written backend, one layer of `model.hidden_size`); rnn, lstm and gru are Recurrent
+stacks on `model.backend`. Feature sets: "in" (inflow), "inout" (inflow, outflow), and a
 "-tod" suffix ("inout-tod") that adds the time of day of each step as three inputs - known
 information the course's protocol leaves out, added here as a practitioner would.
+`backend_twins` trains a configuration a second time on the other backend ("<name>-fused" /
+"-scratch"; a course-* twin is torch.nn's RNN + Linear, equal at init): rnn_core.comparisons.
 
 Metrics (L = window length, each of `eval_lengths`):
     test_error_L<L>, test_loss_L<L>, test_accuracy_L73, test_loss (L73)   the model, test days
@@ -30,13 +35,14 @@ Figures: learning_curves_loss, learning_curves_error, error_vs_length, confusion
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 
 from rnn_core import plots
 from rnn_core.baselines import majority_error
-from rnn_core.config import as_dict, knob
+from rnn_core.config import knob
 from rnn_core.datasets.metro import NUM_SLOTS, NUM_STATIONS, gather_windows
 from rnn_core.experiments.metro_common import (
     CELLS,
@@ -47,6 +53,7 @@ from rnn_core.experiments.metro_common import (
     all_windows,
     chunked,
     feature_sets,
+    model_fields,
     parse_features,
     product_specs,
     time_features,
@@ -62,15 +69,19 @@ from rnn_core.training import TrainConfig, evaluate
 
 @dataclass
 class Config(MetroConfig):
-    """Defaults = the `default` profile: one GRU on 10 stations, inflow then in+out flows."""
+    """Defaults = the `default` profile: the course's RNN class and a GRU on 10 stations, inflow
+    then in+out flows (the course's first step); the GRU on all 80 stations (its second step);
+    the course's model also on torch.nn (its backend twin)."""
 
-    cells: list[str] = knob(["gru"], choices=CELLS, nonempty=True)
+    cells: list[str] = knob(["course", "gru"], choices=CELLS, nonempty=True)
     stations: list[int] = knob([10], min=2, max=NUM_STATIONS, nonempty=True)  # stations 0..S-1
     features: list[str] = knob(["in", "inout"], choices=feature_sets(("tod",)), nonempty=True)
     input_noise: float = knob(0.0, min=0)  # std of Gaussian noise on training flows (augmentation)
     eval_lengths: list[int] = knob([5, 10, 20, 40, 73], min=1, max=NUM_SLOTS, nonempty=True)
     max_eval_windows: int = knob(50_000, min=1)  # per split and length: all windows, or a sample
     curve_windows: int = knob(256, min=1)  # validation windows per eval length after every epoch
+    extra: list[str] = knob(["gru-80st-inout"])  # more configurations by name
+    backend_twins: list[str] = knob(["course-10st-inout"])  # also on the other backend
     # ~25 s of CPU per configuration; fp32: small models gain little from autocast on CUDA
     train: TrainConfig = knob(TrainConfig(epochs=20, lr=3e-3, lr_decay=1.0, grad_clip=1.0,
                                           precision="fp32"))
@@ -94,19 +105,28 @@ class MetroClassification(MetroExperiment):
     """Which station is it? Many-to-one on windows of flows; error against test length."""
 
     name = "metro_classification"
+    axes = ("cells", "stations", "features", "extra", "backend_twins")  # which configurations
     Config = Config
     headline = Headline("test_error_L73", "min")
     select_on = ("error", "min")
 
-    def specs(self, config: Config) -> dict[str, Spec]:
+    @staticmethod
+    def spec(cell: str, stations: int, features: str) -> Spec:
+        columns, extra = parse_features(features, ("tod",))
+        return Spec(f"{cell}-{stations}st-{features}", cell, stations, features, columns,
+                    ("time",) if extra else ())
+
+    def product(self, config: Config) -> dict[str, Spec]:
         """Configuration names in training order: cells, then station counts, then features."""
+        return product_specs(self.spec, config.cells, config.stations, config.features)
 
-        def spec(cell: str, stations: int, features: str) -> Spec:
-            columns, extra = parse_features(features, ("tod",))
-            return Spec(f"{cell}-{stations}st-{features}", cell, stations, features, columns,
-                        ("time",) if extra else ())
-
-        return product_specs(spec, config.cells, config.stations, config.features)
+    def parse(self, config: Config, name: str) -> Spec:
+        """"gru-80st-inout" -> its Spec."""
+        match = re.fullmatch(r"([a-z]+)-(\d+)st-([a-z-]+)", name)
+        if not match or match[1] not in CELLS or not 2 <= int(match[2]) <= NUM_STATIONS:
+            raise ValueError(f"metro_classification: bad configuration name {name!r}; expected "
+                             f"<cell>-<S>st-<features>, cell in {CELLS}, S in 2..{NUM_STATIONS}")
+        return self.spec(match[1], int(match[2]), match[3])
 
     def plan(self, config: Config) -> list[str]:
         if NUM_SLOTS not in config.eval_lengths:
@@ -127,7 +147,7 @@ class MetroClassification(MetroExperiment):
         return data
 
     def model_config(self, config: Config, spec: Spec) -> ClassifierConfig:
-        return ClassifierConfig(**as_dict(config.model), cell=spec.cell, num_classes=spec.stations,
+        return ClassifierConfig(**model_fields(config.model, spec), num_classes=spec.stations,
                                 input_size=len(spec.columns) + 3 * ("time" in spec.covariates))
 
     def train_batch(self, config: Config, data: Splits, length: int, windows) -> Batch:

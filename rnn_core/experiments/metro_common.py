@@ -21,6 +21,7 @@ from those training days only.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import math
@@ -41,6 +42,7 @@ from rnn_core.datasets.metro import (
     normalise,
     training_maxima,
 )
+from rnn_core.experiments.pairs import split_twin, with_twins
 from rnn_core.experiments.protocol import Batches, Experiment, Splits
 from rnn_core.layers import BACKENDS
 from rnn_core.models import Batch, build_model, config_dict
@@ -50,7 +52,10 @@ FIRST_DAY = {"train": dt.date(2019, 1, 1), "test": dt.date(2019, 1, 19)}
 # Public holidays inside the data. 1 Jan 2019 (New Year) behaves like a Sunday: its 07:30-08:45
 # share of the day's traffic is 4 % against 15-18 % on working days (measured on the train split).
 HOLIDAYS = frozenset({dt.date(2019, 1, 1)})
-CELLS = ("rnn", "lstm", "gru")
+# "course" is the course's own model: the tanh `RNN` class of rnn_core.cells (one_step / forward
+# / decode), hand-written, one layer (models mode="course"); the others are Recurrent stacks.
+CELLS = ("course", "rnn", "lstm", "gru")
+COURSE = "course"
 FEATURE_SETS = {"in": [0], "inout": [0, 1]}  # flow columns of the last axis (0 in, 1 out)
 EVAL_BATCH = 4096  # windows per evaluation batch: large, evaluation keeps no graph
 
@@ -67,6 +72,9 @@ class MetroConfig:
     max_length: int = knob(NUM_SLOTS, min=1, max=NUM_SLOTS)  # length from min..max (73 = a day)
     batch_size: int = knob(64, min=1)  # windows per training batch
     batches_per_epoch: int = knob(100, min=1)  # windows are drawn with replacement: no fixed epoch
+    extra: list[str] = knob([])  # more configurations by name, outside the product of the lists
+    backend_twins: list[str] = knob([])  # configurations also trained on the other backend,
+    # named <name>-<backend> (rnn_core.experiments.pairs); course-* pairs with torch.nn's RNN
 
 
 @dataclass
@@ -77,6 +85,7 @@ class RecurrentBlock:
     num_layers: int = knob(1, min=1)  # stacked recurrent layers
     dropout: float = knob(0.0, min=0, below=1)  # between stacked layers (num_layers >= 2)
     backend: str = knob("fused", choices=BACKENDS)  # fused (torch.nn) | scratch (rnn_core.cells)
+    forget_bias: float | None = knob(None)  # LSTM cells: forget-gate bias at init (e.g. 1.0)
 
 
 class Spec(NamedTuple):
@@ -88,6 +97,7 @@ class Spec(NamedTuple):
     features: str  # the feature set as the config names it, e.g. "inout-tod"
     columns: list[int]  # flow columns of the last data axis
     covariates: tuple[str, ...]  # inputs after the flows, in order ("time", "station", ...)
+    backend: str | None = None  # a backend twin's backend (None: the model block's)
 
 
 def product_specs(make: Callable[..., Spec], *axes) -> dict[str, Spec]:
@@ -113,6 +123,28 @@ def check_known(what: str, values, allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(values) - set(allowed))
     if unknown:
         raise ValueError(f"unknown {what} {unknown}: expected some of {', '.join(allowed)}")
+
+
+def model_fields(block: RecurrentBlock, spec: Spec) -> dict[str, Any]:
+    """The recurrent fields of a model config for `spec`, from the model block.
+
+    The course's model is its RNN class (mode course: one tanh layer, always hand-written; the
+    block's layers, dropout and backend do not apply); its fused twin is the torch.nn model the
+    class equals at init (mode stack, cell rnn, one layer)."""
+    values = dataclasses.asdict(block)
+    if spec.cell == COURSE:
+        values |= {"num_layers": 1, "dropout": 0.0, "forget_bias": None}
+        if spec.backend == "fused":
+            return values | {"cell": "rnn", "backend": "fused"}
+        return values | {"cell": "rnn", "backend": "scratch", "mode": "course"}
+    if spec.cell != "lstm":
+        values["forget_bias"] = None  # only an LSTM has a forget gate
+    return values | {"cell": spec.cell, "backend": spec.backend or block.backend}
+
+
+def backend_of(spec: Spec, block: RecurrentBlock) -> str:
+    """The backend a configuration trains on (the course's class: hand-written)."""
+    return "scratch" if spec.cell == COURSE else block.backend
 
 
 def check_lengths(config: MetroConfig) -> None:
@@ -242,8 +274,33 @@ class MetroExperiment(Experiment):
 
     datasets = ("metro",)
 
-    def specs(self, config: Any) -> dict[str, Spec]:
+    def product(self, config: Any) -> dict[str, Spec]:
+        """The configurations of the config's lists (their product), by name, in order."""
         raise NotImplementedError
+
+    def parse(self, config: Any, name: str) -> Spec:
+        """One configuration from its name (for `extra`)."""
+        raise NotImplementedError
+
+    def specs(self, config: Any) -> dict[str, Spec]:
+        """Every planned configuration: the product, then `extra`, each followed by its backend
+        twin when `backend_twins` lists it."""
+        specs = dict(self.product(config))
+        for name in config.backend_twins:
+            self.parse(config, name)  # a name this experiment could plan, or a clear error
+        for name in config.extra:
+            spec = self.parse(config, name)
+            specs.setdefault(spec.name, spec)
+        names = with_twins(self.name, specs, config.backend_twins,
+                           lambda n: backend_of(specs[n], config.model))
+        out = {}
+        for name in names:
+            base, backend = split_twin(name)
+            if name in specs:
+                out[name] = specs[name]
+            else:  # a twin: its configuration on the other backend
+                out[name] = specs[base]._replace(name=name, backend=backend)
+        return out
 
     def model_config(self, config: Any, spec: Spec) -> Any:
         raise NotImplementedError
@@ -284,6 +341,7 @@ class MetroExperiment(Experiment):
 
     def tags(self, config: Any, name: str, data: Splits) -> dict[str, str]:
         spec = data.spec
+        backend = spec.backend or backend_of(spec, config.model)
         return {**super().tags(config, name, data), "cell": spec.cell,
                 "stations": str(spec.stations), "features": spec.features,
-                "covariates": ",".join(spec.covariates) or "none"}
+                "covariates": ",".join(spec.covariates) or "none", "backend": backend}

@@ -16,7 +16,12 @@ mean over training days of the same type: working day, or weekend/holiday), a st
 reported for honesty.
 
 Configurations: "<cell>-<flows>" (flows = in | inout) with only the flows as input, as in the
-course, and "<cell>-<flows>-ctx" with context inputs after the flows (`covariates`, in order):
+course, and "<cell>-<flows>-ctx" with context inputs after the flows (`covariates`, in order);
+`extra` lists more by name. Cell "course" is the course's own model, the tanh `RNN` class of
+rnn_core.cells (hand-written; its decoder maps every state to the H x F forecasts), so
+"course-inout" is the course's setting exactly: flows only, one model for all stations, every
+step supervised. `backend_twins` trains a configuration again on the other backend
+("<name>-scratch" / "-fused", rnn_core.comparisons). The context inputs:
     station   one-hot station id (the first linear layer makes it an embedding)
     time      time of day: position in the day and its sine/cosine (3 columns)
     offday    1 for weekends and public holidays (calendar fact, known in advance)
@@ -24,16 +29,26 @@ course, and "<cell>-<flows>-ctx" with context inputs after the flows (`covariate
               training days only; for a training day it leaves that day out, so the model never
               sees its own target averaged in
 
+Against the input length (the course varies both): for each L of `eval_lengths`, every test
+window of L quarter-hours (day, station, start; a seeded sample of `max_eval_windows` when
+there are more), every step supervised as in training (targets inside the window): the MSE by
+horizon of the model and of the baselines on the same targets. L = 73 is the whole-day score.
+
 Metrics (h = 1..H): test_mse, test_mse_h<h> (the model), train_mse[_h<h>] (training days),
-persistence_/profile_/daytype_profile_mse[_h<h>] (baselines, test days), val_mse[_h<h>] (the
-chosen epoch). History (the runner's names): train_loss, val_loss, val_mse, val_mse_h<h>, lr,
-seconds. Figures: mse_by_horizon, learning_curves, example_day (the model's t+1 forecast of the
-busiest station on the first working test day, Mon 21 Jan).
+persistence_/profile_/daytype_profile_mse[_h<h>] (baselines, test days; the day-type profile is
+the honest one to beat), val_mse[_h<h>] (the chosen epoch); per input length L:
+test_mse_L<L>, test_mse_L<L>_h<h>, and persistence_/profile_/daytype_profile_mse_L<L>. History
+(the runner's names): train_loss, val_loss, val_mse, val_mse_h<h>, lr, seconds. Figures:
+mse_by_horizon (model and the three baselines), mse_by_length (each horizon and the baselines
+against L), learning_curves, example_day (the model's t+1 forecast of the busiest station on
+the first working test day, Mon 21 Jan).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -41,7 +56,7 @@ import torch.nn.functional as F
 
 from rnn_core import plots
 from rnn_core.baselines import persistence_forecast, profile_forecast, time_of_day_profile
-from rnn_core.config import as_dict, knob
+from rnn_core.config import knob
 from rnn_core.datasets.metro import NUM_SLOTS, NUM_STATIONS, gather_windows
 from rnn_core.experiments.metro_common import (
     CELLS,
@@ -54,6 +69,7 @@ from rnn_core.experiments.metro_common import (
     check_known,
     chunked,
     feature_sets,
+    model_fields,
     parse_features,
     product_specs,
     time_features,
@@ -79,13 +95,19 @@ class Model(RecurrentBlock):
 
 @dataclass
 class Config(MetroConfig):
-    """Defaults = the `default` profile: one GRU on all 80 stations, in+out flows plus context."""
+    """Defaults = the `default` profile, all 80 stations, one model shared by them: the course's
+    setting (flows only) with the course's RNN class and with a GRU, next to the GRU with
+    context inputs; in then in+out flows; the in+out context GRU also on the scratch backend."""
 
     min_length: int = knob(8, min=2, max=NUM_SLOTS)  # a one-step window has no target
     cells: list[str] = knob(["gru"], choices=CELLS, nonempty=True)
     features: list[str] = knob(["in", "inout"], choices=feature_sets(), nonempty=True)  # flows
     # read and predicted
-    inputs: list[str] = knob(["context"], choices=tuple(INPUTS), nonempty=True)
+    inputs: list[str] = knob(["flows", "context"], choices=tuple(INPUTS), nonempty=True)
+    extra: list[str] = knob(["course-in", "course-inout"])  # more configurations by name
+    backend_twins: list[str] = knob(["gru-inout-ctx"])  # also trained on the other backend
+    eval_lengths: list[int] = knob([8, 16, 32, NUM_SLOTS], min=2, max=NUM_SLOTS, nonempty=True)
+    max_eval_windows: int = knob(50_000, min=1)  # test windows per input length (a sample)
     covariates: list[str] = knob(["time", "offday", "profile"], choices=COVARIATES)
     stations: int = knob(80, min=2, max=NUM_STATIONS)  # stations 0..S-1, one shared model
     horizon: int = knob(4, min=1, max=NUM_SLOTS - 1)  # H: each step predicts t+1 .. t+H
@@ -208,22 +230,38 @@ class MetroForecasting(MetroExperiment):
     """Many-to-many forecast of t+1..t+H against persistence and time-of-day baselines."""
 
     name = "metro_forecasting"
+    axes = ("cells", "features", "inputs", "extra", "backend_twins")  # which configurations
     Config = Config
     headline = Headline("test_mse_h1", "min")
     select_on = ("mse_h1", "min")
 
-    def specs(self, config: Config) -> dict[str, Spec]:
+    @staticmethod
+    def spec(config: Config, cell: str, features: str, inputs: str) -> Spec:
+        covariates = () if inputs == "flows" else tuple(c for c in COVARIATES
+                                                        if c in config.covariates)
+        return Spec(f"{cell}-{features}{INPUTS[inputs]}", cell, config.stations, features,
+                    parse_features(features)[0], covariates)
+
+    def product(self, config: Config) -> dict[str, Spec]:
         """Configuration names in training order: cells, then flow sets, then input sets."""
         check_known("covariates", config.covariates, COVARIATES)
         check_known("inputs", config.inputs, tuple(INPUTS))
+        return product_specs(partial(self.spec, config), config.cells, config.features,
+                             config.inputs)
 
-        def spec(cell: str, features: str, inputs: str) -> Spec:
-            covariates = () if inputs == "flows" else tuple(c for c in COVARIATES
-                                                            if c in config.covariates)
-            return Spec(f"{cell}-{features}{INPUTS[inputs]}", cell, config.stations, features,
-                        parse_features(features)[0], covariates)
+    def parse(self, config: Config, name: str) -> Spec:
+        """"course-inout" / "gru-in-ctx" -> its Spec."""
+        match = re.fullmatch(r"([a-z]+)-(in|inout)(-ctx)?", name)
+        if not match or match[1] not in CELLS:
+            raise ValueError(f"metro_forecasting: bad configuration name {name!r}; expected "
+                             f"<cell>-<in|inout>[-ctx] with cell in {CELLS}")
+        return self.spec(config, match[1], match[2], "context" if match[3] else "flows")
 
-        return product_specs(spec, config.cells, config.features, config.inputs)
+    def plan(self, config: Config) -> list[str]:
+        if NUM_SLOTS not in config.eval_lengths:
+            raise ValueError(f"eval_lengths {config.eval_lengths} must contain {NUM_SLOTS} "
+                             "(whole days: the headline's windows)")
+        return super().plan(config)
 
     def data(self, config: Config, name: str, manifests) -> Splits:
         data = super().data(config, name, manifests)
@@ -234,7 +272,7 @@ class MetroForecasting(MetroExperiment):
         return data
 
     def model_config(self, config: Config, spec: Spec) -> ForecasterConfig:
-        return ForecasterConfig(**as_dict(config.model), cell=spec.cell,
+        return ForecasterConfig(**model_fields(config.model, spec),
                                 num_flows=len(spec.columns), horizon=config.horizon,
                                 num_covariates=num_covariates(spec, config.horizon))
 
@@ -269,8 +307,26 @@ class MetroForecasting(MetroExperiment):
         ]:
             scores[f"{prefix}_mse"] = result["mse"]
             scores.update({f"{prefix}_mse_h{h}": result[f"mse_h{h}"] for h in range(1, H + 1)})
+        scores |= self.by_length(config, model, data, test_context, predictors)
         scores["example_day"] = example_day(model, test, data.test)  # for the report only
         scores["per_example"] = h1.values()
+        return scores
+
+    def by_length(self, config: Config, model, data: Splits, test_context: dict,
+                  predictors: dict) -> dict[str, float]:
+        """MSE against the input length: every test window of each eval length L (or a seeded
+        sample), all steps supervised; the baselines on the same targets (mean over h)."""
+        spec, H, days, scores = data.spec, config.horizon, data.test, {}
+        for L in config.eval_lengths:
+            windows, _ = all_windows(days.num_days, spec.stations, L, config.max_eval_windows,
+                                     config.train.seed)
+            batches = chunked(windows, lambda w, L=L: make_windows(days.x, w, L, spec,
+                                                                   test_context, H))
+            result = evaluate(model, [w.batch for w in batches])
+            scores[f"test_mse_L{L}"] = result["mse"]
+            scores |= {f"test_mse_L{L}_h{h}": result[f"mse_h{h}"] for h in range(1, H + 1)}
+            for prefix, predict in predictors.items():
+                scores[f"{prefix}_mse_L{L}"] = _score(predict, batches, H)["mse"]
         return scores
 
     def report(self, config, name, model, data, history, scores, folder) -> Report:
@@ -281,10 +337,22 @@ class MetroForecasting(MetroExperiment):
                                   ("time-of-day profile", "profile"),
                                   ("day-type profile", "daytype_profile")]
         }
+        lengths = config.eval_lengths
+        by_length = {f"model t+{h}": {L: scores[f"test_mse_L{L}_h{h}"] for L in lengths}
+                     for h in range(1, H + 1)}
+        by_length |= {f"{label} (mean over h)": {L: scores[f"{prefix}_mse_L{L}"] for L in lengths}
+                      for label, prefix in [("persistence", "persistence"),
+                                            ("time-of-day profile", "profile"),
+                                            ("day-type profile", "daytype_profile")]}
         figures = {
             "mse_by_horizon": plots.series_by_x(
                 by_horizon, folder / "mse_by_horizon.png", xlabel="horizon (quarter-hours ahead)",
-                ylabel="test MSE (normalised)", title=f"{name}: MSE by horizon", logy=True),
+                ylabel="test MSE (normalised)", logy=True,
+                title=f"{name}: MSE by horizon\n(the day-type profile is the baseline to beat)"),
+            "mse_by_length": plots.series_by_x(
+                by_length, folder / "mse_by_length.png", xlabel="input length L (quarter-hours)",
+                ylabel="test MSE (normalised)", logy=True,
+                title=f"{name}: MSE against the input length"),
             "learning_curves": plots.learning_curves(
                 history, ["train_loss", "val_mse", "val_mse_h1"], folder / "learning_curves.png",
                 title=f"{name}: MSE per epoch (val: whole days)"),

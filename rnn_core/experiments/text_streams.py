@@ -50,18 +50,21 @@ class CharModel:
     embedding_dim: int = knob(32, min=1)  # character embedding (embedding models only)
     dropout: float = knob(0.0, min=0, below=1)  # between stacked layers (num_layers > 1 only)
     backend: str = knob("fused", choices=BACKENDS)  # fused (torch.nn / cuDNN) | scratch
+    forget_bias: float | None = knob(None)  # LSTM models only: forget-gate bias at init (1.0)
 
 
 def char_lm(block: CharModel, model: str, vocab_size: int) -> nn.Module:
     """The CharLanguageModel for `model` ("mikolov" or a cell name), built from the block."""
     values = as_dict(block)
     if model == "mikolov":  # one sigmoid layer over the one-hot input: no stack, no embedding
-        config = CharLMConfig(**values | {"num_layers": 1, "dropout": 0.0}, mode="mikolov",
-                              cell="rnn", nonlinearity="sigmoid", vocab_size=vocab_size)
+        config = CharLMConfig(**values | {"num_layers": 1, "dropout": 0.0, "forget_bias": None},
+                              mode="mikolov", cell="rnn", nonlinearity="sigmoid",
+                              vocab_size=vocab_size)
     else:
         dropout = block.dropout if block.num_layers > 1 else 0.0
-        config = CharLMConfig(**values | {"dropout": dropout}, mode="embedding", cell=model,
-                              vocab_size=vocab_size)
+        forget_bias = block.forget_bias if model == "lstm" else None  # only an LSTM has one
+        config = CharLMConfig(**values | {"dropout": dropout, "forget_bias": forget_bias},
+                              mode="embedding", cell=model, vocab_size=vocab_size)
     return build_model(config_dict(config))
 
 
