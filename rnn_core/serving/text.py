@@ -9,7 +9,9 @@ label name and the class probabilities.
 Rows are cleaned with `rnn_core.datasets.ag_news.clean_text` and tokenised with its `tokenize`,
 exactly as the prepare step did; tokens outside the first `vocab_size` entries become `<unk>`
 and the text is cut to `max_length` tokens, as the data phase did. Texts are batched by exact
-length, so no row is padded: masked and unmasked models see what they saw in training.
+length, so no row is padded and a row's prediction never depends on the other rows of a request:
+a masked model sees what it saw in training; an unmasked post- or pre-padded one sees its text as
+a batch of one would show it (its test figure was measured in padded batches, as it trained).
 """
 
 from __future__ import annotations
