@@ -50,6 +50,10 @@ def test_smoke_pipeline_logs_every_experiment(prefect_harness, mirror_dir, tmp_p
             assert headline in child.data.metrics
             assert EXPECTED_METRICS[name] <= set(child.data.metrics), name
             assert any(a.path == "plots" for a in client.list_artifacts(child.info.run_id))
+            # Its splits are dataset inputs (the Datasets column, lineage), each with a digest.
+            contexts = {t.value for i in child.inputs.dataset_inputs for t in i.tags
+                        if t.key == "mlflow.data.context"}
+            assert contexts == {"train", "validation", "test"}, (name, child.info.run_name)
             # Per-epoch curves come from validation only; test is scored once, at the end.
             history = json.loads(Path(client.download_artifacts(
                 child.info.run_id, "history.json")).read_text())
