@@ -29,9 +29,9 @@ from tasks.tracking.live import child_tags
 from tasks.tracking.models import log_model, registered_name
 from tasks.tracking.names import (
     FINAL_METRICS_TAG,
-    PER_EXAMPLE_ARTIFACT,
     GIT_COMMIT_TAG,
     INTERRUPTED_TAG,
+    PER_EXAMPLE_ARTIFACT,
     PIPELINE_EXPERIMENT,
     PIPELINE_ID_TAG,
     PROFILE_TAG,
