@@ -22,8 +22,11 @@ $(BIN)/rnnflow: pyproject.toml
 
 install: $(BIN)/rnnflow
 
+# Two Dask worker processes: the default grid trains two configurations at a time on 2 cores.
+WORKERS ?= 2
+
 run: install  ## the whole pipeline on the default profile, tracked under mlruns/
-	$(BIN)/rnnflow run --profile default
+	$(BIN)/rnnflow run --profile default --workers $(WORKERS)
 
 prepare: install  ## download, preprocess and bucket the four datasets
 	$(BIN)/rnnflow prepare
