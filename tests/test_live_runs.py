@@ -143,3 +143,23 @@ def _fake_manifest(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "x").write_text("x")
     return DatasetManifest.build("metro", "full", tmp_path / "m", ["x"], rows={})
+
+
+def test_a_task_run_again_in_the_same_flow_run_continues_its_run(client):
+    """A Dask worker dies, the task runs again under the same parent: one run, no epoch twice."""
+    from tasks.tracking.live import EpochMetrics
+
+    tags = tracking.pipeline_tags("smoke", "pipe-again")
+    parent = tracking.start_parent_run(client, "ag_news", "smoke", "pipe-again", {})
+    first = start_child_run(client, "ag_news", "lstm8", parent, "test_accuracy", "cpu", tags)
+    EpochMetrics(client, first).on_epoch_end(0, {"epoch": 0.0, "train_loss": 1.0})
+    again = start_child_run(client, "ag_news", "lstm8", parent, "test_accuracy", "cpu", tags)
+    assert again == first
+    resumed = EpochMetrics(client, again)
+    for epoch, loss in ((0, 1.0), (1, 0.8)):  # the resumed training repeats epoch 0 at most
+        resumed.on_epoch_end(epoch, {"epoch": float(epoch), "train_loss": loss})
+    assert [m.step for m in client.get_metric_history(first, "train_loss")] == [0, 1]
+    retry_parent = tracking.start_parent_run(client, "ag_news", "smoke", "pipe-again", {})
+    assert client.get_run(first).info.status == "KILLED"  # a flow retry: a new run
+    assert start_child_run(client, "ag_news", "lstm8", retry_parent, "test_accuracy", "cpu",
+                           tags) != first
