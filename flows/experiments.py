@@ -27,7 +27,7 @@ from tasks.tracking import SummaryRow
 
 def run_tracked(name: str, config: Any, profile: str, manifests: dict[str, dict] | None,
                 data_dir: str, work_dir: str, tracking_uri: str | None,
-                pipeline_id: str | None) -> list[SummaryRow]:
+                pipeline_id: str | None, force: bool = False) -> list[SummaryRow]:
     """Train every planned configuration of experiment `name` and log it to MLflow."""
     exp = experiments.get(name)
     if config is None:
@@ -36,7 +36,8 @@ def run_tracked(name: str, config: Any, profile: str, manifests: dict[str, dict]
         manifests = prepare_data(datasets=exp.needs(config), data_dir=data_dir)
     pipeline_id = pipeline_id or str(flow_run.id or "local")
     rows = train_grid(configs={name: config}, profile=profile, manifests=manifests,
-                      work_dir=work_dir, tracking_uri=tracking_uri, pipeline_id=pipeline_id)
+                      work_dir=work_dir, tracking_uri=tracking_uri, pipeline_id=pipeline_id,
+                      force=force)
     return rows[name]
 
 
@@ -52,15 +53,15 @@ def experiment_flow(name: str) -> Flow:
     def run_experiment(config=None, profile: str = "default",
                        manifests: dict[str, dict] | None = None, data_dir: str = DATA_DIR,
                        work_dir: str = WORK_DIR, tracking_uri: str | None = None,
-                       pipeline_id: str | None = None) -> list[SummaryRow]:
+                       pipeline_id: str | None = None, force: bool = False) -> list[SummaryRow]:
         return run_tracked(name, config, profile, manifests, data_dir, work_dir, tracking_uri,
-                           pipeline_id)
+                           pipeline_id, force)
 
     # Prefect builds the flow's parameter schema (UI form, validation) from these annotations.
     run_experiment.__annotations__ = {
         "config": exp.Config | None, "profile": str, "manifests": dict[str, dict] | None,
         "data_dir": str, "work_dir": str, "tracking_uri": str | None,
-        "pipeline_id": str | None, "return": list[SummaryRow]}
+        "pipeline_id": str | None, "force": bool, "return": list[SummaryRow]}
     run_experiment.__name__ = run_experiment.__qualname__ = name
     run_experiment.__module__ = __name__
     run_experiment.__doc__ = exp.title
