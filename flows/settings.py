@@ -9,6 +9,7 @@ win). Why each one (see shared/STACK.md):
 - analytics off: one telemetry lookup per process otherwise, and this machine is offline.
 - rnn_core's loggers go to the flow's log, so the library's warnings (e.g. the AG News subset
   fallback) show up in the Prefect UI too.
+- MLflow's "View run ... at" line per closed run is off (the summary table links the runs).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def apply_defaults(project_dir: Path | None = None) -> dict[str, str]:
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "rnn_core",
+        # MLflow prints "View run ... at: <url>" for every run it closes over HTTP: dozens of
+        # lines per pipeline run that say nothing the summary table does not.
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     }
     applied = {k: v for k, v in defaults.items() if k not in os.environ}
     os.environ.update(applied)
