@@ -18,7 +18,7 @@ from flows.supervise import clear_record, record_run
 from rnn_core import experiments
 from tasks import tracking
 from tasks.artifacts import publish_run_link, publish_summary
-from tasks.experiments import log_pipeline_summary
+from tasks.experiments import log_backend_agreement, log_pipeline_summary
 from tasks.tracking import SummaryRow
 
 
@@ -76,6 +76,8 @@ def pipeline(
     summary_run = log_pipeline_summary(rows, pipeline_id, chosen.name, tracking_uri)
     publish_summary(rows, "pipeline")  # Prefect UI: the table across tasks, a link to its run
     publish_run_link(tracking_uri, summary_run, "pipeline")
+    # The hand-written backend against torch.nn, where the grid trained a configuration on both.
+    log_backend_agreement(rows, summary_run, tracking_uri)
     # Bounded disk: checkpoints of older runs' logged configurations go (the last K runs stay).
     prune_old_checkpoints(work_dir, tracking_uri, current=pipeline_id)
     clear_record(str(flow_run.id or "local"))  # finished: nothing to resume

@@ -103,6 +103,17 @@ def publish_summary(rows: Iterable[Any], experiment: str, description: str | Non
                                     "test split, champion decision, MLflow run id)"), "summary")
 
 
+def publish_table(records: list[dict[str, Any]], key: str, description: str) -> UUID | None:
+    """Any list of flat records as a table artifact, key `<key>`."""
+    from prefect.artifacts import create_table_artifact
+
+    if not records:
+        return None
+    cells = [{k: _cell(v) for k, v in rec.items()} for rec in records]
+    return _publish(lambda: create_table_artifact(cells, key=artifact_key(key),
+                                                  description=description), key)
+
+
 def mlflow_ui_url(tracking_uri: str | None) -> str:
     """The MLflow UI's base URL: `MLFLOW_UI_URL`, the tracking server itself when it is one,
     else `make ui`'s address (a SQLite store has no UI of its own)."""

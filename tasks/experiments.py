@@ -66,3 +66,27 @@ def log_pipeline_summary(rows: list[SummaryRow], pipeline_id: str, profile: str,
     """One run in `rnnflow/pipeline` carrying the summary table of every task; returns its id."""
     client = tracking.configure(tracking_uri)
     return tracking.log_pipeline_summary(client, pipeline_id, profile, rows)
+
+
+@task(name="log-backend-agreement", cache_policy=NO_CACHE, persist_result=False, retries=2,
+      retry_delay_seconds=[2, 10])
+def log_backend_agreement(rows: list[SummaryRow], summary_run_id: str,
+                          tracking_uri: str | None) -> list[dict]:
+    """Scratch vs fused twins of the run (rnn_core.comparisons): one row per pair and metric,
+    logged on the pipeline's summary run (backend_agreement.json / .md) and shown in Prefect."""
+    import pandas as pd
+
+    from rnn_core.comparisons import backend_agreement
+    from tasks.artifacts import publish_table
+
+    agreement = backend_agreement([(r.task, r.config, r.metrics) for r in rows])
+    if not agreement:
+        return []
+    client = tracking.configure(tracking_uri)
+    client.log_dict(summary_run_id, agreement, "backend_agreement.json")
+    table = pd.DataFrame(agreement).drop(columns=["why"], errors="ignore")
+    client.log_text(summary_run_id, table.to_markdown(index=False, floatfmt=".4g"),
+                    "backend_agreement.md")
+    publish_table(agreement, "backend-agreement", "the hand-written backend against torch.nn: "
+                  "the same configuration trained from one seed on both, its test metrics")
+    return agreement

@@ -38,7 +38,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
@@ -56,8 +55,8 @@ from tasks.tracking.names import (
     CHAMPION_VERSION_TAG,
     CI_HIGH_METRIC,
     CI_LOW_METRIC,
-    DIFF_METRIC,
     DATA_VARIANT_TAG,
+    DIFF_METRIC,
     EVAL_SCOPE_TAG,
     HEADLINE_METRIC_TAG,
     INCUMBENT_VALUE_METRIC,
