@@ -34,8 +34,8 @@ from rnn_core.stacked import ScratchRecurrent
 Backend = Literal["scratch", "fused"]
 BACKENDS: tuple[str, ...] = ("scratch", "fused")  # what `backend=` accepts (configs validate it)
 
-__all__ = ["BACKENDS", "Backend", "FusedRecurrent", "Recurrent", "ScratchRecurrent", "State",
-           "init_forget_bias"]
+__all__ = ["BACKENDS", "INITS", "Backend", "FusedRecurrent", "Recurrent", "ScratchRecurrent",
+           "State", "init_forget_bias", "init_keras"]
 
 
 class _PackedMixin:
@@ -112,6 +112,29 @@ def init_forget_bias(layer: nn.Module, cell: str, hidden_size: int, value: float
                 param[rows] = value
             elif name.startswith("bias_hh"):
                 param[rows] = 0.0
+    return layer
+
+
+INITS = ("torch", "keras")
+
+
+def init_keras(layer: nn.Module, cell: str, hidden_size: int) -> nn.Module:
+    """Keras' initialisation of a recurrent layer (its SimpleRNN / LSTM / GRU defaults), in every
+    layer and direction: the input kernel glorot-uniform, the recurrent kernel orthogonal (so a
+    state keeps its norm from step to step at init), biases zero, and for a cell with a forget
+    gate that gate's bias 1 (Keras' unit_forget_bias). Both backends name their parameters
+    alike, so the same call gives the same weights on either (from the same RNG state)."""
+    forget = get_cell(cell).forget_gate
+    with torch.no_grad():
+        for name, param in layer.named_parameters():
+            if name.startswith("weight_ih"):
+                nn.init.xavier_uniform_(param)
+            elif name.startswith("weight_hh"):
+                nn.init.orthogonal_(param)
+            else:
+                param.zero_()
+                if forget is not None and name.startswith("bias_ih"):
+                    param[forget * hidden_size : (forget + 1) * hidden_size] = 1.0
     return layer
 
 

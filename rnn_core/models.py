@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnn_core.cells import RNN, MikolovRNN
-from rnn_core.layers import Recurrent, init_forget_bias
+from rnn_core.layers import INITS, Recurrent, init_forget_bias, init_keras
 from rnn_core.metrics import (
     ClassificationMetrics,
     ForecastMetrics,
@@ -77,6 +77,10 @@ class RecurrentConfig:
     # Forget-gate bias at init (cells with a forget gate: lstm): bias_ih's forget block = value,
     # bias_hh's = 0, in every layer and direction, both backends alike. None = torch.nn's init.
     forget_bias: float | None = None
+    # The recurrent stack's initial weights: torch (torch.nn's uniform(+-1/sqrt(H))) | keras
+    # (Keras' defaults: glorot-uniform input kernel, orthogonal recurrent kernel, zero biases,
+    # forget bias 1: rnn_core.layers.init_keras). forget_bias, when set, is applied after it.
+    init: str = "torch"
 
 
 @dataclass
@@ -143,6 +147,10 @@ def _stack(config: RecurrentConfig, input_size: int, bidirectional: bool = False
         nonlinearity=config.nonlinearity,
         dropout=config.dropout,
     )
+    if config.init == "keras":
+        init_keras(layer, config.cell, config.hidden_size)
+    elif config.init != "torch":
+        raise ValueError(f"unknown init {config.init!r}: expected one of {', '.join(INITS)}")
     if config.forget_bias is not None:
         init_forget_bias(layer, config.cell, config.hidden_size, config.forget_bias)
     return layer
@@ -159,7 +167,9 @@ def _course_rnn(config, input_size: int, output_size: int) -> nn.Module:
         (f"cell {config.cell!r} (the course's class is a vanilla RNN: rnn)", config.cell != "rnn"),
         (f"num_layers {config.num_layers} (one layer)", config.num_layers != 1),
         ("bidirectional (one direction)", getattr(config, "bidirectional", False)),
-        ("forget_bias (no forget gate)", config.forget_bias is not None)] if bad]
+        ("forget_bias (no forget gate)", config.forget_bias is not None),
+        (f"init {config.init!r} (the course's class: torch.nn's init)",
+         config.init != "torch")] if bad]
     if problems:
         raise ValueError(f"{config.kind} mode='course' (rnn_core.cells.RNN) does not take "
                          + "; ".join(problems))

@@ -475,3 +475,28 @@ def test_gradient_norms_of_the_course_and_mikolov_models():
                            "hidden_size": 5})
     chars = torch.randint(0, 7, (9, 2))
     assert hidden_gradient_norms(mikolov, Batch(chars, chars)).shape == (9,)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_keras_init_is_keras_defaults_and_equal_on_both_backends(cell):
+    """init="keras" (the AG News lesson's layers): glorot-uniform input kernel, orthogonal
+    recurrent kernel, zero biases, an LSTM's forget bias 1; the same numbers on both backends."""
+    models = []
+    for backend in BACKENDS:
+        torch.manual_seed(11)
+        models.append(_classifier(backend, cell, init="keras", num_layers=2))
+    for (name, a), (_, b) in zip(*(m.state_dict().items() for m in models), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    rnn = models[0].rnn
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    w_hh = rnn.weight_hh_l0  # G*H x H: orthonormal columns
+    torch.testing.assert_close(w_hh.T @ w_hh, torch.eye(8), atol=1e-5, rtol=0)
+    limit = (6 / (6 + gates * 8)) ** 0.5  # glorot: fan_in 6 (the embedding), fan_out G*H
+    assert rnn.weight_ih_l0.abs().max() <= limit
+    forget = slice(8, 16) if cell == "lstm" else slice(0, 0)
+    assert (rnn.bias_ih_l0[forget] == 1).all() and rnn.bias_hh_l0.abs().sum() == 0
+    rest = torch.cat([rnn.bias_ih_l0[:8], rnn.bias_ih_l0[16:]]) if cell == "lstm" else \
+        rnn.bias_ih_l0
+    assert rest.abs().sum() == 0
+    with pytest.raises(ValueError, match="unknown init"):
+        _classifier("fused", cell, init="xavier")

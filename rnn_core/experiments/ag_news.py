@@ -54,7 +54,7 @@ from rnn_core.datasets.ag_news import CLASS_NAMES, load_ag_news
 from rnn_core.datasets.bucketing import BucketBatchSampler, choose_boundaries, pad_batch
 from rnn_core.experiments.pairs import split_twin, with_twins
 from rnn_core.experiments.protocol import Batches, Experiment, Report, Splits
-from rnn_core.layers import BACKENDS
+from rnn_core.layers import BACKENDS, INITS
 from rnn_core.metrics import ClassificationMetrics
 from rnn_core.models import Batch, ClassifierConfig, build_model
 from rnn_core.results import Headline
@@ -100,6 +100,9 @@ class Model:
     backend: str = knob("fused", choices=BACKENDS)  # fused (torch.nn / cuDNN) | scratch
     dropout: float = knob(0.3, min=0, below=1)  # between stacked layers (two-layer models only)
     forget_bias: float | None = knob(None)  # LSTM models: forget-gate bias at init (e.g. 1.0)
+    init: str = knob("keras", choices=INITS)  # the lesson's Keras layers' initial weights:
+    # orthogonal recurrent kernel (a state survives many steps, padding included), zero biases,
+    # LSTM forget bias 1 | torch (torch.nn's uniform)
 
 
 @dataclass

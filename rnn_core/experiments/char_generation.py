@@ -18,7 +18,10 @@ gradients) over the first 50,000 characters. Kept: the architecture, the hidden 
 SGD without momentum (the paper's and the lesson's optimiser). Changed, said here: it trains
 like the other models (32 parallel streams, truncated BPTT over 50 steps, the mean loss of a
 chunk per update, the whole training text), so SGD's learning rate is per mean-of-1,600 loss,
-not per character: lr 1.0 decaying, measured to work (test split ~2.3 bits, under the bigram).
+not per character: lr 10 (x0.9 per epoch, 12 epochs of 500k characters, ~25 s of CPU). The
+rate was chosen on the validation tail in 8-epoch runs (final val nats: lr 0.3 2.72, 1 2.30,
+3 2.08, 10 1.87, 30 1.93); Moliere's test split then reads 2.69 bits per character against the
+bigram's 3.49.
 
 Data: the prepared corpus (its manifest), cut contiguously into train | val | test. The
 validation split is the last `val_fraction` (5 %) of the prepared training text, right before
@@ -82,10 +85,10 @@ class Mikolov:
 
     hidden_size: int = knob(128, min=1)  # the lesson's hidden_dim
     optimizer: str = knob("sgd", choices=("adam", "sgd"))  # the lesson's and the paper's: SGD
-    lr: float = knob(1.0, above=0)  # per mean loss of a 32 x 50 chunk (the lesson: 0.1 per char)
-    lr_decay: float = knob(0.8, above=0, max=1)
+    lr: float = knob(10.0, above=0)  # per mean loss of a 32 x 50 chunk (the lesson: 0.1 per char)
+    lr_decay: float = knob(0.9, above=0, max=1)
     momentum: float = knob(0.0, min=0, below=1)
-    epochs: int = knob(8, min=1)  # of max_train_chars each: cheap (~2 s of CPU per epoch)
+    epochs: int = knob(12, min=1)  # of max_train_chars each: cheap (~2 s of CPU per epoch)
 
 
 @dataclass
