@@ -120,7 +120,7 @@ def test_work_pool_route_runs_an_experiment(local_stack, mirror_dir, prepared_da
     try:
         data = prepared_data("trump")  # what vanishing_gradients reads
         run_id = _run_deployment("vanishing-gradients/on-demand",
-                                 {"profile": "smoke", "data_dir": data, "force": True,
+                                 {"profile": "smoke", "data_dir": data, "force": "true",  # JSON
                                   "work_dir": tmp_path / "ckpt"}, env, log, timeout=600)
     finally:
         stop_group(worker)
