@@ -313,16 +313,20 @@ class _LSTMSmall(torch.autograd.Function):
     """The LSTM for small layers (H <= TRANSPOSED_MAX), units x batch: per step the cost is the
     number of Python-level calls, not arithmetic, so each step works in fixed buffers whose gate
     views exist once, keeps copies in lists (stacked once at the end), and backward forms a
-    step's four gate gradients in one multiply: [dc; dc; dc; dh] * factors (gates g, i, f, o)."""
+    step's four gate gradients in one multiply: [dc; dc; dc; dh] * factors (torch.nn's gate order
+    i, f, g, o: o is the one that takes dh). It takes xp as F.linear makes it (L x B x 4H) and
+    transposes it itself, outside autograd: at these sizes autograd nodes around the call (a
+    batched projection, gate reordering) cost more than the copy."""
 
     @staticmethod
     @_autocast_free
     def forward(ctx, xp, h0, c0, weight_hh, mask, reverse: bool):
-        length, rows, batch = xp.shape  # L x 4H x B
+        xp = xp.transpose(1, 2).contiguous()  # L x 4H x B
+        length, rows, batch = xp.shape
         hidden = rows // 4
         work = xp.new_empty(rows, batch)
-        g, i, f, o = work.split(hidden)
-        ifo = work[hidden:]
+        i, f, g, o = work.split(hidden)
+        if_ = work[: 2 * hidden]
         xps = xp.unbind(0)
         masks = mask.transpose(1, 2).unbind(0) if mask is not None else None
         gates, cs, hs = [None] * length, [None] * length, [None] * length
@@ -331,8 +335,9 @@ class _LSTMSmall(torch.autograd.Function):
             torch.where
         for t in _order(length, reverse):
             addmm(xps[t], weight_hh, h, out=work)
+            if_.sigmoid_()
             g.tanh_()
-            ifo.sigmoid_()
+            o.sigmoid_()
             gates[t] = work.clone()
             c_new = addcmul(mul(f, c), i, g)  # c' = f * c + i * g
             h_new = mul(o, tanh(c_new))  # h' = o * tanh(c')
@@ -351,14 +356,14 @@ class _LSTMSmall(torch.autograd.Function):
         gates, hs, cs, h0, c0, weight_hh, mask = ctx.saved_tensors
         length, rows, _ = gates.shape
         hidden = rows // 4
-        g, i, f, o = gates.split(hidden, dim=1)
+        i, f, g, o = gates.split(hidden, dim=1)
         mask = mask.transpose(1, 2) if mask is not None else None
         tanh_cs = torch.tanh(cs)
         prev_c = _previous(cs, c0.t(), ctx.reverse)
         k = _keep(mask, torch.addcmul(o, o * tanh_cs, tanh_cs, value=-1))
-        factors = torch.cat([i * torch.addcmul(torch.ones_like(g), g, g, value=-1),
-                             g * torch.addcmul(i, i, i, value=-1),
+        factors = torch.cat([g * torch.addcmul(i, i, i, value=-1),
                              prev_c * torch.addcmul(f, f, f, value=-1),
+                             i * torch.addcmul(torch.ones_like(g), g, g, value=-1),
                              tanh_cs * torch.addcmul(o, o, o, value=-1)], dim=1)
         if mask is not None:
             factors.mul_(mask)
@@ -388,7 +393,7 @@ class _LSTMSmall(torch.autograd.Function):
         prev_h = _previous(hs, h0.t(), ctx.reverse)
         grad_w = dgates.transpose(0, 1).reshape(rows, -1).mm(
             prev_h.transpose(0, 1).reshape(hidden, -1).t())
-        return dgates, dh.t(), dc_acc.t(), grad_w, None, None
+        return dgates.transpose(1, 2), dh.t(), dc_acc.t(), grad_w, None, None
 
 
 _GIFO: dict[tuple[int, torch.device], torch.Tensor] = {}
@@ -409,11 +414,12 @@ def lstm_layer(x, state, weight_ih, weight_hh, bias_ih, bias_hh, mask=None,
     h0, c0 = state
     hidden = weight_hh.shape[1]
     layout = _layout(hidden)
-    order = _gifo(hidden, weight_hh.device)  # autograd maps the gradients back
-    xp = layout.project(x, weight_ih[order], (bias_ih + bias_hh)[order])
-    if layout.transposed:
-        hs, h_n, c_n = _LSTMSmall.apply(xp, h0, c0, weight_hh[order], mask, reverse)
+    if layout.transposed:  # torch.nn's gate order, transposed inside
+        xp = F.linear(x, weight_ih, bias_ih + bias_hh)
+        hs, h_n, c_n = _LSTMSmall.apply(xp, h0, c0, weight_hh, mask, reverse)
     else:
+        order = _gifo(hidden, weight_hh.device)  # autograd maps the gradients back
+        xp = layout.project(x, weight_ih[order], (bias_ih + bias_hh)[order])
         hs, h_n, c_n = _LSTM.apply(xp, h0, c0, weight_hh[order], mask, reverse, layout)
     return hs, (h_n, c_n)
 
