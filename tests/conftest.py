@@ -15,6 +15,19 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _experiment_registry():
+    """An experiment a test registers (a stand-in) is gone after it: the next test sees the
+    built-in five only, whatever order the tests run in."""
+    from rnn_core import experiments
+
+    experiments.names()  # discover the built-ins first, so they are part of the snapshot
+    before = dict(experiments._REGISTRY)
+    yield
+    experiments._REGISTRY.clear()
+    experiments._REGISTRY.update(before)
+
+
 MIRROR = os.environ.get(
     "RNN_DATA_MIRROR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
 )
