@@ -104,13 +104,21 @@ def run(
     from rich.table import Table
 
     from flows.profiles import ProfileError, load_profile
-    from flows.runners import ClusterUnreachable, check_scheduler
+    from flows.runners import (
+        ClusterUnreachable,
+        StoreNotShared,
+        check_scheduler,
+        check_shared_store,
+    )
 
     try:  # the whole profile and the cluster, before Prefect starts or any data is touched
         load_profile(profile, only=only or None)
         if cluster:
+            from tasks.tracking import default_tracking_uri
+
+            check_shared_store(cluster, tracking_uri or default_tracking_uri())
             check_scheduler(cluster)
-    except (ProfileError, ClusterUnreachable) as err:
+    except (ProfileError, ClusterUnreachable, StoreNotShared) as err:
         typer.echo(f"rnnflow run: {err}", err=True)
         raise typer.Exit(2) from None
 
@@ -121,6 +129,7 @@ def run(
     supervise.exit_on_signals()
 
     from flows.pipeline import pipeline
+    from tasks.tracking.summaries import seed_spread
 
     killed = supervise.close_killed_runs()  # runs whose process died: Crashed / KILLED now
     resume_id = None
@@ -141,14 +150,18 @@ def run(
         only=only or None, workers=workers, cluster=cluster, force=force, resume=resume_id,
     )
     table = Table(title=f"rnnflow pipeline, profile {profile}")
-    for column in ("experiment", "configuration", "headline", "value", "seconds", "device",
-                   "champion"):
+    spreads = seed_spread(row for rows in results.values() for row in rows)
+    columns = ("experiment", "configuration", "headline", "value", *(
+        ("over seeds",) if spreads else ()), "seconds", "device", "champion")
+    for column in columns:
         table.add_column(column)
     reused = 0
     for name, rows in results.items():
         for row in rows:
             reused += row.champion == "reused"
+            spread = spreads.get((row.task, row.config))  # shown on the first seed's row
             table.add_row(name, row.config, row.headline_metric, f"{row.headline:.4g}",
+                          *((str(spread) if spread else "",) if spreads else ()),
                           f"{row.seconds:.0f}", row.device, row.champion or "-")
     console = Console(width=None if sys.stdout.isatty() else 120)  # logs: no truncated cells
     console.print(table)

@@ -11,6 +11,7 @@ fails its own task; the others still finish and are logged, then the grid fails 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from tasks import tracking
 from tasks.artifacts import publish_run_link, publish_summary
 from tasks.experiments import challenge_champion
 from tasks.tracking import SummaryRow
-from tasks.tracking.compare import finished_child, run_row
+from tasks.tracking.compare import finished_child, last_training_seconds, run_row
 from tasks.tracking.reuse import fingerprint_tags, record_reuse, reusable_child
 from tasks.tracking.store import TrackingUnavailable, is_unreachable
 from tasks.training import train_configuration
@@ -48,6 +49,7 @@ def train_grid(configs: dict[str, Any], profile: str, manifests: dict[str, dict]
     parents: dict[str, str] = {}
     rows: dict[str, list[SummaryRow]] = {name: [] for name in configs}
     pending: list[tuple[str, str, PrefectFuture]] = []
+    queue: list[tuple[float, str, str, tuple]] = []  # (expected seconds, experiment, config, args)
     try:
         for name, config in configs.items():
             exp = experiments.get(name)
@@ -56,7 +58,8 @@ def train_grid(configs: dict[str, Any], profile: str, manifests: dict[str, dict]
             # Stable across retries of the same flow run, so a crashed training resumes here.
             run_dir = str(Path(work_dir) / pipeline_id / name)
             needs = {d: manifests[d] for d in exp.needs(config)}
-            for config_name in exp.plan(config):
+            known = last_training_seconds(client, name, profile)
+            for config_name in exp.runs(config):  # plan(config), then any seed repeats
                 logged = finished_child(client, name, pipeline_id, config_name)
                 if logged is not None:  # an earlier attempt of this flow run logged it
                     rows[name].append(run_row(logged))
@@ -71,13 +74,19 @@ def train_grid(configs: dict[str, Any], profile: str, manifests: dict[str, dict]
                     rows[name].append(dataclasses.replace(run_row(same), champion="reused"))
                     continue
                 config_tags = {**tags, **fingerprint_tags(digests)}
-                with gpu_annotation(FlowRunContext.get().task_runner):
-                    # The experiment itself travels to the worker (a plugin or test-only one is
-                    # not in a worker's registry); built-ins pickle by reference.
-                    future = train_configuration.submit(
-                        exp, config, config_name, needs, run_dir, parents[name],
-                        client.tracking_uri, config_tags)
-                pending.append((name, config_name, future))
+                # The experiment itself travels to the worker (a plugin or test-only one is
+                # not in a worker's registry); built-ins pickle by reference.
+                queue.append((known.get(config_name, math.inf), name, config_name,
+                              (exp, config, config_name, needs, run_dir, parents[name],
+                               client.tracking_uri, config_tags)))
+        # Longest first, by the last logged training time on this profile (unknown ones first,
+        # in plan order): with N workers, a long configuration submitted last would train alone.
+        order = {(name, config_name): i for i, (_, name, config_name, _) in enumerate(queue)}
+        queue.sort(key=lambda item: -item[0])
+        with gpu_annotation(FlowRunContext.get().task_runner):
+            for _, name, config_name, args in queue:
+                pending.append((name, config_name, train_configuration.submit(*args)))
+        pending.sort(key=lambda p: order[p[0], p[1]])  # results, tables: in plan order
         failed, trained = _gather(pending)
         # Champion decisions one at a time, here in the flow (not on parallel workers).
         for name, pairs in trained.items():
@@ -86,8 +95,9 @@ def train_grid(configs: dict[str, Any], profile: str, manifests: dict[str, dict]
         results = {name: [result for _, result in pairs] for name, pairs in trained.items()}
         for name, config in configs.items():
             if results.get(name):
+                firsts = [r for r in results[name] if r.repeat_of is None]  # one per config
                 report = experiments.get(name).summarise(
-                    config, results[name], Path(work_dir) / pipeline_id / name / "summary")
+                    config, firsts, Path(work_dir) / pipeline_id / name / "summary")
                 tracking.log_report(client, parents[name], report.figures, report.texts)
             status = "FAILED" if any(n == name for n, _, _ in failed) else "FINISHED"
             publish_summary(rows[name], name)  # Prefect UI: the table, a link to the MLflow run

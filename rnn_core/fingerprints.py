@@ -41,12 +41,14 @@ def library_version() -> str:
 def fingerprint(exp: Any, config: Any, name: str, manifests: dict[str, Any]) -> dict[str, str]:
     """The four digests of one configuration and their combination (see the module docstring)."""
     manifests = as_manifests(manifests)
+    _, config = exp.resolve(config, name)  # a seed repeat trains with its own seed
     data = {d: {f: r.sha256 for f, r in sorted(manifests[d].files.items())}
             for d in exp.needs(config)}
     tree = as_dict(config)
     for axis in getattr(exp, "axes", ()):
         tree.pop(axis, None)
     seed = tree.get("train", {}).pop("seed", None)
+    tree.get("train", {}).pop("repeats", None)  # how many seeds run, not what one of them trains
     parts = {"data": _digest(data), "config": _digest({"experiment": exp.name, "name": name,
                                                        "config": tree}),
              "code": library_version(), "seed": str(seed)}

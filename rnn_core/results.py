@@ -55,6 +55,9 @@ class RunResult:
     # Per-example test outcomes whose mean is the headline (1-D float array; see
     # rnn_core.significance): what a challenger is compared with the champion on. None: not kept.
     per_example: Any = None
+    # The configuration this run repeats with another seed (train.repeats): logged and
+    # summarised, never registered. None: the configuration's own (first-seed) run.
+    repeat_of: str | None = None
 
     @property
     def headline_value(self) -> float:

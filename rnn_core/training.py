@@ -57,6 +57,8 @@ class TrainConfig:
     device: str = "auto"  # auto = CUDA when present, else CPU; or "cpu", "cuda:0", ...
     precision: str = knob("bf16", choices=PRECISIONS)  # autocast on CUDA only; the CPU runs fp32
     seed: int = knob(0, min=0)  # seeds torch, numpy and random: data splits, init, batch order
+    repeats: int = knob(1, min=1, max=20)  # seeds each configuration trains with (seed, seed+1,
+    # ...): the extra runs measure its variance (rnn_core.experiments.protocol, "Seeds")
     checkpoint_every: int = knob(1, min=0)  # epochs between checkpoints; 0 = at the end only
     select_epoch: str = knob("last", choices=("last", "best_val"))  # which epoch's weights are
     # scored on the test split: the last, or the best on the experiment's validation metric

@@ -24,11 +24,18 @@ Its Config is one dataclass tree that maps 1:1 onto the profile's tables:
     [ag_news]          the experiment's own fields (which configurations, data slices, ...)
     [ag_news.train]    rnn_core.training.TrainConfig, embedded (epochs, lr, seed, select_epoch)
     [ag_news.model]    the model block, from which the model config is built
+
+Seeds: with `train.repeats = 3` each planned configuration trains three times, with seeds
+`seed`, `seed + 1`, `seed + 2`; the extra runs are named "<configuration>-seed<k>"
+(`Experiment.runs`) and are variance repeats: logged beside it, summarised as mean and spread,
+never registered (the first seed's model is the one that challenges the champion).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +46,14 @@ from torch import nn
 from rnn_core.datasets.manifest import DatasetManifest
 from rnn_core.models import Batch
 from rnn_core.results import Headline
+
+_REPEAT = re.compile(r"^(?P<base>.+)-seed(?P<seed>\d+)$")
+
+
+def repeat_of(run_name: str) -> str | None:
+    """"lstm8-seed2" -> "lstm8" (the configuration a seed repeat measures); None otherwise."""
+    match = _REPEAT.match(run_name)
+    return match["base"] if match else None
 
 
 class SealedSplitError(RuntimeError):
@@ -127,6 +142,24 @@ class Experiment:
     def plan(self, config: Any) -> list[str]:
         """The configuration names this config trains, in order; validates cross-field rules."""
         raise NotImplementedError
+
+    def runs(self, config: Any) -> list[str]:
+        """What the grid trains: each planned configuration, then its seed repeats when
+        `train.repeats` > 1 ("<configuration>-seed<k>" for the seeds after the first)."""
+        names = []
+        for name in self.plan(config):
+            tc = self.train_config(config, name)
+            names += [name] + [f"{name}-seed{tc.seed + k}" for k in range(1, tc.repeats)]
+        return names
+
+    def resolve(self, config: Any, run: str) -> tuple[str, Any]:
+        """A name of `runs(config)` -> (the configuration it trains, the config it trains
+        with): a seed repeat is its configuration with `train.seed` set to the repeat's seed."""
+        base = repeat_of(run)
+        if base is None or base not in self.plan(config):
+            return run, config
+        seed = int(run.rsplit("-seed", 1)[1])
+        return base, dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
 
     def data(self, config: Any, name: str, manifests: dict[str, DatasetManifest]) -> Splits:
         raise NotImplementedError

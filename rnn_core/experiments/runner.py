@@ -6,7 +6,8 @@ What it does once, for every experiment (see rnn_core.experiments.protocol):
 - threads (`train.torch_threads`) for the configuration, restored afterwards;
 - checks the prepared files it reads against their manifest (a clear error naming the file);
 - seeds everything from `train.seed` before the data phase and again before the model is built,
-  so the initial weights depend on the seed alone;
+  so the initial weights depend on the seed alone; a seed repeat ("lstm8-seed1", see
+  `Experiment.runs`) is its configuration trained with that seed, in its own folder;
 - trains with the one loop, checkpointing under `work_dir/<name>/` and resuming from there;
 - chooses the epoch (`train.select_epoch`: last, or best on the experiment's validation metric);
 - opens the sealed test split for the scoring phase only;
@@ -79,21 +80,23 @@ def run_configuration(experiment: str | Experiment, config: Any, name: str,
                       callbacks=None) -> RunResult:
     """Train and score configuration `name` of `experiment` (see the module docstring)."""
     exp = experiments.get(experiment) if isinstance(experiment, str) else experiment
-    planned = exp.plan(config)
+    planned = exp.runs(config)
     if name not in planned:
         raise KeyError(f"{exp.name}: unknown configuration {name!r}; planned: {planned}")
-    tc = exp.train_config(config, name)
+    base, config = exp.resolve(config, name)  # a seed repeat: its configuration, its seed
+    tc = exp.train_config(config, base)
     threads = torch.get_num_threads()
     if tc.torch_threads > 0:
         torch.set_num_threads(tc.torch_threads)
     try:
-        return _run(exp, config, name, as_manifests(manifests), Path(work_dir), callbacks)
+        return _run(exp, config, base, name, as_manifests(manifests), Path(work_dir), callbacks)
     finally:
         torch.set_num_threads(threads)  # leave the process as it was
 
 
-def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetManifest],
-         work_dir: Path, callbacks) -> RunResult:
+def _run(exp: Experiment, config: Any, name: str, label: str,
+         manifests: dict[str, DatasetManifest], work_dir: Path, callbacks) -> RunResult:
+    """Configuration `name` trained as run `label` (the same, or a seed repeat's name)."""
     started = time.perf_counter()
     tc = exp.train_config(config, name)  # config.train unless the experiment says otherwise
     missing = [d for d in exp.needs(config) if d not in manifests]
@@ -110,7 +113,7 @@ def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetMa
     batches = exp.batches(config, name, data)
 
     # -- train (resumes from work_dir/name/last.pt) ----------------------------------------------
-    run_dir = work_dir / name
+    run_dir = work_dir / label
     for partial in run_dir.glob(".*.tmp"):  # a checkpoint write cut short by a kill
         partial.unlink(missing_ok=True)
     keep = KeepBest(model, run_dir / BEST, *exp.select_on) if tc.select_epoch == "best_val" else None
@@ -118,12 +121,13 @@ def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetMa
         model, batches.train, tc, eval_batches=batches.val,
         callbacks=[*as_callbacks(callbacks), *([keep] if keep else [])],
         checkpoint_dir=run_dir,
-        checkpoint_meta={"experiment": exp.name, "configuration": name, "config": as_dict(config)},
+        checkpoint_meta={"experiment": exp.name, "configuration": label,
+                         "config": as_dict(config)},
     )
     # Per-class accuracies stay out of the per-epoch series (80 stations would be 80 curves per
     # epoch in MLflow); the chosen epoch's validation figures below keep them.
     history = [{k: v for k, v in row.items() if "_class_" not in k} for row in trained.history]
-    check_history(history, f"{exp.name}/{name}")
+    check_history(history, f"{exp.name}/{label}")
 
     # -- epoch choice: the chosen epoch's weights are the ones scored and registered ------------
     checkpoint = Path(trained.checkpoint)
@@ -155,21 +159,22 @@ def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetMa
     weights = save_checkpoint(run_dir / MODEL, {
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": config_dict(model), "epoch": chosen,
-        "meta": {"experiment": exp.name, "configuration": name, "config": as_dict(config)}})
+        "meta": {"experiment": exp.name, "configuration": label, "config": as_dict(config)}})
 
     # -- report -----------------------------------------------------------------------------------
     report = exp.report(config, name, model, data, history, {**scores, **metrics},
                         run_dir / "plots")
     return RunResult(
         task=exp.name,
-        name=name,
+        name=label,
         params=as_dict(config),
         metrics=metrics,
         headline=exp.headline,
         history=history,
         figures=report.figures,
         texts=report.texts,
-        tags=exp.tags(config, name, data),
+        tags={**exp.tags(config, name, data),
+              **({"repeat_of": name, "seed": str(tc.seed)} if label != name else {})},
         dataset=data.info,
         model_config=config_dict(model),
         checkpoint=Path(weights),
@@ -178,4 +183,5 @@ def _run(exp: Experiment, config: Any, name: str, manifests: dict[str, DatasetMa
         diagnostic=exp.diagnostic,
         serving=exp.serving(config, name, data),  # raw input -> model input (rnn_core.serving)
         per_example=per_example,
+        repeat_of=name if label != name else None,
     )

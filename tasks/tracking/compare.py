@@ -22,13 +22,14 @@ from tasks.tracking.names import (
     ROLE_CHILD,
     ROLE_TAG,
     TASK_TAG,
+    TRAIN_SECONDS_METRIC,
 )
 from tasks.tracking.store import rnnflow_experiment_ids, status_is, tag_is
 from tasks.tracking.summaries import SummaryRow, summary_table
 
 # Also reached through this module by the flows and the end-to-end tests.
-__all__ = ["champions_table", "finished_child", "recent_child_runs", "recent_runs_table",
-           "rnnflow_experiment_ids", "run_row", "summary_table"]
+__all__ = ["champions_table", "finished_child", "last_training_seconds", "recent_child_runs",
+           "recent_runs_table", "rnnflow_experiment_ids", "run_row", "summary_table"]
 
 _FINISHED_CHILD = f"{tag_is(ROLE_TAG, ROLE_CHILD)} and {status_is('FINISHED')}"
 
@@ -67,6 +68,17 @@ def finished_child(client: MlflowClient, task: str, pipeline_id: str, config: st
     """The FINISHED child run of `config` in this pipeline run, if an earlier attempt logged it
     (a retried flow run keeps its pipeline id: what it finished is not trained or logged twice)."""
     return newest_finished_child(client, task, **{PIPELINE_ID_TAG: pipeline_id, CONFIG_TAG: config})
+
+
+def last_training_seconds(client: MlflowClient, task: str, profile: str) -> dict[str, float]:
+    """{configuration: training seconds of its newest FINISHED child run on this profile}: what
+    the grid orders its submissions by (longest first, so no long one starts last)."""
+    seconds: dict[str, float] = {}
+    for run in recent_child_runs(client, last=1000, task=task, profile=profile):  # newest first
+        config, value = run.data.tags.get(CONFIG_TAG), run.data.metrics.get(TRAIN_SECONDS_METRIC)
+        if config and value is not None:
+            seconds.setdefault(config, float(value))
+    return seconds
 
 
 def run_row(run: Run) -> SummaryRow:

@@ -126,7 +126,10 @@ def log_result(
                                                                                   result)))
         _log_artifacts(client, run_id, result)
         log_dataset_inputs(client, run_id, result, manifests)
-        version = _register(client, run_id, result) if register and result.checkpoint else None
+        # A seed repeat measures its configuration's spread; the first seed's model is the one
+        # registered (and challenging the champion).
+        register = register and result.checkpoint is not None and result.repeat_of is None
+        version = _register(client, run_id, result) if register else None
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from pydantic import ConfigDict
 
+from rnn_core.experiments.protocol import repeat_of
 from rnn_core.results import RunResult
 from tasks.tracking.names import (
     CHAMPION_DECISION_TAG,
@@ -37,7 +38,7 @@ from tasks.tracking.names import (
 
 # Columns first in every table, in this order; the metrics follow, sorted by name.
 FRONT_COLUMNS = ["task", "config", "profile", "data_variant", "headline_metric", "headline",
-                 "champion", "model_version", "seconds", "device", "started", "run_id"]
+                 "seeds", "headline_mean", "headline_sd", "champion", "model_version", "seconds", "device", "started", "run_id"]
 SUMMARY_FILES = ("summary.csv", "summary.md", "summary.html")
 
 
@@ -128,11 +129,51 @@ def flat(row: SummaryRow | Mapping[str, Any]) -> dict[str, Any]:
     return row.as_dict() if isinstance(row, SummaryRow) else dict(row)
 
 
+@dataclass(frozen=True)
+class SeedSpread:
+    """A configuration's headline over its seeds (its first run and its seed repeats)."""
+
+    seeds: int
+    mean: float
+    sd: float  # sample standard deviation (n - 1); NaN for one seed
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4g} ± {self.sd:.2g} ({self.seeds} seeds)"
+
+
+def seed_spread(rows: Iterable[SummaryRow | Mapping[str, Any]]) -> dict[tuple[str, str],
+                                                                        SeedSpread]:
+    """{(task, configuration): spread} for each configuration trained with several seeds
+    ("lstm8" with "lstm8-seed1", "lstm8-seed2"); configurations with one seed are left out."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for row in map(flat, rows):  # rows of any table: those without a headline don't count
+        config = str(row.get("config", ""))
+        groups.setdefault((row.get("task", ""), repeat_of(config) or config), []).append(
+            float(row.get("headline", math.nan)))
+    spreads = {}
+    for key, values in groups.items():
+        if len(values) > 1:
+            mean = math.fsum(values) / len(values)
+            sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+            spreads[key] = SeedSpread(len(values), mean, sd)
+    return spreads
+
+
 def summary_table(rows: Iterable[SummaryRow | Mapping[str, Any]]):
-    """A pandas DataFrame, one row per child run: the front columns, then metrics by name."""
+    """A pandas DataFrame, one row per child run: the front columns, then metrics by name.
+    With seed repeats, each run of a configuration also shows the configuration's `seeds`,
+    `headline_mean` and `headline_sd` (sample standard deviation over its seeds)."""
     import pandas as pd
 
-    frame = pd.DataFrame([flat(r) for r in rows])
+    rows = [flat(r) for r in rows]
+    spreads = seed_spread(rows)
+    for row in rows if spreads else ():
+        config = str(row.get("config", ""))
+        spread = spreads.get((row.get("task", ""), repeat_of(config) or config))
+        row.update(seeds=spread.seeds if spread else 1,
+                   headline_mean=spread.mean if spread else row.get("headline", math.nan),
+                   headline_sd=spread.sd if spread else math.nan)
+    frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
     rest = sorted(c for c in frame.columns if c not in FRONT_COLUMNS)
