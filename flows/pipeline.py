@@ -12,7 +12,7 @@ from flows.grid import train_grid
 from flows.housekeeping import prune_old_checkpoints
 from flows.prepare import ALL_DATASETS, prepare_data
 from flows.profiles import load_profile
-from flows.runners import shared_tracking, task_runner, uses_dask
+from flows.runners import check_shared_store, shared_tracking, task_runner, uses_dask
 from flows.settings import DATA_DIR, WORK_DIR
 from flows.supervise import clear_record, record_run
 from rnn_core import experiments
@@ -54,6 +54,8 @@ def pipeline(
     (its finished configurations are kept, the interrupted one resumes from its checkpoint).
     """
     chosen = load_profile(profile, only=only)  # the whole profile is checked before any work
+    store = tracking_uri or tracking.default_tracking_uri()  # resolved once, before any run
+    check_shared_store(cluster, store)  # remote workers need a store they can reach
     names = list(only or chosen.experiments)
     configs = {name: chosen.config(name) for name in names}
     manifests = prepare_data(datasets=datasets_needed(names, configs), data_dir=data_dir,
@@ -62,24 +64,24 @@ def pipeline(
     runner = task_runner(workers, cluster)  # a scheduler that cannot be reached fails here
     # Absolute, so a worker (or a task retried on another worker) finds the same checkpoints.
     work_dir = str(Path(work_dir).resolve())
-    uri = tracking_uri or tracking.default_tracking_uri()
     log_dir = Path(work_dir) / pipeline_id / "logs"
     # A record of this run while it runs: if its process is killed, the next start finds it.
-    record_run(str(flow_run.id or "local"), pipeline_id, uri, str(profile), only)
-    with shared_tracking(uri, log_dir, many_writers=uses_dask(workers, cluster)) as uri:
+    record_run(str(flow_run.id or "local"), pipeline_id, store, str(profile), only)
+    # With workers: a temporary mlflow server in front of a SQLite store, for the grid only.
+    with shared_tracking(store, log_dir, many_writers=uses_dask(workers, cluster)) as uri:
         # Every configuration of every experiment is one task of the grid (one flow run).
         results = train_grid.with_options(task_runner=runner)(
             configs=configs, profile=chosen.name, manifests=manifests, work_dir=work_dir,
             tracking_uri=uri, pipeline_id=pipeline_id, force=force)
     # One run in rnnflow/pipeline with the table across every task of this pipeline run.
     rows = [row for task_rows in results.values() for row in task_rows]
-    summary_run = log_pipeline_summary(rows, pipeline_id, chosen.name, tracking_uri)
+    summary_run = log_pipeline_summary(rows, pipeline_id, chosen.name, store)
     publish_summary(rows, "pipeline")  # Prefect UI: the table across tasks, a link to its run
-    publish_run_link(tracking_uri, summary_run, "pipeline")
+    publish_run_link(store, summary_run, "pipeline")
     # The hand-written backend against torch.nn, where the grid trained a configuration on both.
-    log_backend_agreement(rows, summary_run, tracking_uri)
+    log_backend_agreement(rows, summary_run, store)
     # Bounded disk: checkpoints of older runs' logged configurations go (the last K runs stay).
-    prune_old_checkpoints(work_dir, tracking_uri, current=pipeline_id)
+    prune_old_checkpoints(work_dir, store, current=pipeline_id)
     clear_record(str(flow_run.id or "local"))  # finished: nothing to resume
     if resume:
         clear_record(resume)  # the killed run it continued

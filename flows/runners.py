@@ -41,6 +41,26 @@ def check_scheduler(address: str, timeout_s: float = 5.0) -> None:
             f"`dask scheduler` and `dask worker {address}`, or drop --cluster") from None
 
 
+class StoreNotShared(RuntimeError):
+    """Workers on other hosts were given a store only this machine can write (one line)."""
+
+
+def check_shared_store(cluster: str | None, uri: str) -> None:
+    """A scheduler on another host means workers there: they cannot write this machine's SQLite
+    file, nor reach the mlflow server the run would start for it on 127.0.0.1. Fail before any
+    work, saying what to pass instead."""
+    if not cluster or not uri.startswith("sqlite:"):
+        return
+    host = urlparse(cluster if "://" in cluster else f"tcp://{cluster}").hostname or ""
+    if host in ("localhost", "::1") or host.startswith("127."):
+        return
+    raise StoreNotShared(
+        f"--cluster {cluster}: the MLflow store {uri} is a SQLite file on this machine, which "
+        "workers on other hosts cannot write; pass --tracking-uri http://HOST:PORT (an mlflow "
+        "server they reach) or a postgresql+psycopg2:// store (or use a scheduler on "
+        "127.0.0.1 for workers on this machine)")
+
+
 def task_runner(workers: int = 0, cluster: str | None = None,
                 dashboard: bool = False) -> TaskRunner:
     """The task runner for `workers` local processes, or the scheduler at `cluster`."""
@@ -107,3 +127,4 @@ def shared_tracking(uri: str, log_dir: Path, many_writers: bool) -> Iterator[str
         yield server.url
     finally:
         stop_group(server.process)
+        configure(uri)  # MLflow's fluent URIs (and MLFLOW_TRACKING_URI) pointed at the server

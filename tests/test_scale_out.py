@@ -84,14 +84,24 @@ def test_local_cluster_of_two_workers_trains_the_smoke_grid(
     from flows.pipeline import pipeline
 
     monkeypatch.setenv("RNN_DATA_MIRROR", str(mirror_dir))
+    # `make run`'s way: no store named, so the project's default one under the working folder;
+    # the grid logs through a temporary mlflow server, the steps after it to the store itself.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     state = pipeline(profile="smoke", only=SMOKE_GRID, data_dir=str(tmp_path / "data"),
-                     work_dir=str(tmp_path / "ck"), tracking_uri=uri, workers=2,
-                     return_state=True)
+                     work_dir=str(tmp_path / "ck"), workers=2, return_state=True)
     results = state.result()
     assert sum(len(rows) for rows in results.values()) == 5
     pipeline_id = str(state.state_details.flow_run_id)
     _check_tracked(uri, pipeline_id, results)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    [summary] = client.search_runs(
+        [client.get_experiment_by_name("rnnflow/pipeline").experiment_id],
+        f"tags.`rnnflow.pipeline_id` = '{pipeline_id}'")
+    assert summary.info.status == "FINISHED"
     deadline = time.monotonic() + 20  # task states reach the API through events
     while (states := _train_task_states(pipeline_id)) and time.monotonic() < deadline:
         if len(states) == 5 and all(s == "Completed" for _, s in states):
@@ -168,6 +178,25 @@ def test_an_unreachable_scheduler_fails_at_once_naming_the_address(tmp_path):
     assert out.returncode == 2
     [line] = out.stderr.strip().splitlines()
     assert line.startswith(f"rnnflow run: no Dask scheduler reachable at {address}")
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_remote_cluster_with_a_local_sqlite_store_is_refused_before_any_work(tmp_path):
+    from flows.runners import StoreNotShared, check_shared_store
+
+    sqlite = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(StoreNotShared, match="10.0.0.5:8786.*--tracking-uri"):
+        check_shared_store("tcp://10.0.0.5:8786", sqlite)
+    check_shared_store("tcp://127.0.0.1:8786", sqlite)  # workers on this machine: fine
+    check_shared_store("tcp://10.0.0.5:8786", "http://10.0.0.5:5000")
+    check_shared_store(None, sqlite)
+    out = subprocess.run([str(Path(sys.executable).with_name("rnnflow")), "run", "--profile",
+                          "smoke", "--cluster", "tcp://10.0.0.5:8786", "--tracking-uri", sqlite,
+                          "--data-dir", str(tmp_path / "data")],
+                         capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("rnnflow run: --cluster tcp://10.0.0.5:8786: the MLflow store")
     assert not (tmp_path / "data").exists()
 
 
