@@ -3,7 +3,8 @@
     result = run_configuration("ag_news", config, "lstm8", manifests, work_dir="checkpoints/x")
 
 What it does once, for every experiment (see rnn_core.experiments.protocol):
-- threads (`train.torch_threads`) for the configuration, restored afterwards;
+- threads (`train.torch_threads`) for the configuration, restored afterwards, and an
+  allocator that keeps freed tensor memory (rnn_core.allocator: Dask workers' does not);
 - checks the prepared files it reads against their manifest (a clear error naming the file);
 - seeds everything from `train.seed` before the data phase and again before the model is built,
   so the initial weights depend on the seed alone; a seed repeat ("lstm8-seed1", see
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from rnn_core import experiments
+from rnn_core.allocator import keep_freed_memory
 from rnn_core.checkpoints import load_checkpoint, save_checkpoint, seed_everything
 from rnn_core.config import as_dict
 from rnn_core.datasets.manifest import DatasetManifest, as_manifests
@@ -85,6 +87,7 @@ def run_configuration(experiment: str | Experiment, config: Any, name: str,
         raise KeyError(f"{exp.name}: unknown configuration {name!r}; planned: {planned}")
     base, config = exp.resolve(config, name)  # a seed repeat: its configuration, its seed
     tc = exp.train_config(config, base)
+    keep_freed_memory()  # a Dask worker's allocator would return every freed tensor to the OS
     threads = torch.get_num_threads()
     if tc.torch_threads > 0:
         torch.set_num_threads(tc.torch_threads)
@@ -103,7 +106,10 @@ def _run(exp: Experiment, config: Any, name: str, label: str,
     if missing:
         raise KeyError(f"{exp.name}: no prepared manifest for {missing}; prepare them first")
     for dataset in exp.needs(config):
-        manifests[dataset].verify(checksum=False)  # exists and same size (sha256: prepare's job)
+        # Exists, same size and sha256 as prepared: a worker on another host that sees no copy,
+        # or a stale one, of the shared data folder fails here naming the file (the largest,
+        # AG News' 15 MB, hashes in ~30 ms).
+        manifests[dataset].verify()
 
     # -- data -> model -> batches --------------------------------------------------------------
     seed_everything(tc.seed)  # splits, samplers
