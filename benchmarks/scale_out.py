@@ -61,7 +61,11 @@ def stack_cost(cell: str, input_size: float, hidden: int, layers: int = 1, dirs:
 
 
 def base_name(config_name: str) -> str:
-    """"gru-10st-inout-scratch" -> "gru-10st-inout" (a backend twin's configuration)."""
+    """"gru-10st-inout-scratch" -> "gru-10st-inout" (a backend twin's configuration; a seed
+    repeat "...-seed2" costs what its configuration costs)."""
+    from rnn_core.experiments.protocol import repeat_of
+
+    config_name = repeat_of(config_name) or config_name
     for suffix in TWIN_SUFFIXES:
         if config_name.endswith(suffix):
             return config_name.removesuffix(suffix)
@@ -185,7 +189,7 @@ def estimate_full(measured: dict[tuple[str, str], float], facts: dict, workers: 
     configs = []
     for name in [n for n in full.experiments if n in ref]:  # the experiments measured here
         config = full.config(name)
-        for cfg_name in experiments.get(name).plan(config):
+        for cfg_name in experiments.get(name).runs(config):  # seed repeats included
             try:
                 steps, cost = workload(name, config, cfg_name, facts)
             except (KeyError, ValueError, StopIteration, AttributeError) as err:
@@ -402,6 +406,12 @@ def _round(x, nd=2):
     return None if x is None else round(x, nd)
 
 
+def parallel_ceiling(processes: int) -> dict:
+    from benchmarks.parallel_ceiling import measure
+
+    return measure(processes)
+
+
 def fixed_costs(root: Path, workers: int = 2) -> dict:
     """The LocalCluster and the mlflow server of a --workers run, each timed on its own."""
     from flows.runners import shared_tracking, task_runner
@@ -512,6 +522,11 @@ def print_table(payload: dict) -> None:
               f"trained {a['per_configuration_slowdown']:.2f}x slower beside another; "
               f"{a['outside_training_s']:.0f} s outside training "
               f"({a['outside_training_1_worker_s']:.0f} s with 1 worker)")
+    ceiling = payload.get("parallel_ceiling")
+    if ceiling:
+        print(f"this machine, {ceiling['processes']} processes of the same training at once: "
+              f"each {ceiling['slowdown_beside_others']:.2f}x slower than alone, a ceiling of "
+              f"{ceiling['ceiling_speedup']:.2f}x")
     fc = payload.get("fixed_costs")
     if fc:
         print(f"fixed costs (timed alone): LocalCluster of {fc['workers']} start "
@@ -582,6 +597,8 @@ def analyse(runs: list[dict], root: Path, manifests: dict, args) -> dict:
     out["speedup"] = out["speedup_by_workers"].get("2", {}).get("wall")
     steps = {
         "fixed_costs": lambda: fixed_costs(root),
+        # What two processes get from this machine at all (benchmarks/parallel_ceiling.py)
+        "parallel_ceiling": lambda: parallel_ceiling(2),
         "schedule_analysis": lambda: schedule_analysis(runs),
         "full_profile_estimate": lambda: full_estimate(base, runs, manifests, args),
     }
