@@ -76,6 +76,7 @@ def task_runner(workers: int = 0, cluster: str | None = None,
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
+            "env": prefect_api_env(),  # report to this run's Prefect API, not one of their own
             "n_workers": workers,
             "threads_per_worker": 1,  # one configuration per worker process at a time
             "processes": True,
@@ -85,6 +86,25 @@ def task_runner(workers: int = 0, cluster: str | None = None,
             "memory_limit": 0,
         },
     )
+
+
+def prefect_api_env() -> dict[str, str]:
+    """The environment a worker process needs to report to this run's Prefect API.
+
+    With no PREFECT_API_URL set (`rnnflow run`, `make run`), Prefect serves the flow from a
+    temporary server it starts for this process; a spawned worker does not know its address and
+    would start a temporary server of its own (measured: one more server process per worker,
+    writing the same database). Called inside the flow run, when that server is up.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()  # the process's one temporary server (a singleton)
+        url = server.api_url if server.running else None
+    return {"PREFECT_API_URL": url} if url else {}
 
 
 def uses_dask(workers: int = 0, cluster: str | None = None) -> bool:

@@ -181,6 +181,28 @@ def test_an_unreachable_scheduler_fails_at_once_naming_the_address(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_local_workers_are_told_the_runs_prefect_api(monkeypatch):
+    """LocalCluster workers get PREFECT_API_URL in their environment: the configured one, or
+    the temporary server Prefect runs for this process (else each would start its own)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.runners import prefect_api_env
+
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+        assert prefect_api_env() == {"PREFECT_API_URL": "http://127.0.0.1:4200/api"}
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        import prefect.server.api.server as server_module
+
+        class Running:
+            running, api_url = True, "http://127.0.0.1:8123/api"
+
+        monkeypatch.setattr(server_module, "SubprocessASGIServer", lambda: Running())
+        assert prefect_api_env() == {"PREFECT_API_URL": "http://127.0.0.1:8123/api"}
+        Running.running = False
+        assert prefect_api_env() == {}
+
+
 def test_a_remote_cluster_with_a_local_sqlite_store_is_refused_before_any_work(tmp_path):
     from flows.runners import StoreNotShared, check_shared_store
 
