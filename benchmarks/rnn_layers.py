@@ -13,12 +13,10 @@ side masks), as padded batches of real text do.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -27,6 +25,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+from benchmarks.machine import cpu_name, write_json
 from rnn_core.cells import CELLS as REGISTERED
 from rnn_core.cells import MikolovRNN
 from rnn_core.layers import Recurrent
@@ -69,17 +68,7 @@ PROFILE_CASES = [
 
 def machine_info(device: torch.device, threads: int) -> dict:
     """Where the numbers come from: they mean little without it."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -206,16 +195,6 @@ def print_table(rows: list[dict], info: dict) -> None:
             f"{r['input_size']:4d} {r['hidden_size']:4d} {r['scratch_ms']:11.2f} "
             f"{r['fused_ms']:9.2f} {r['ratio']:12.2f}x"
         )
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Temp file in the same folder then os.replace: a crash never leaves half a result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def reference_cases(cells: list[str], shapes, masked: bool) -> list[Case]:
