@@ -155,11 +155,11 @@ class Experiment:
     def resolve(self, config: Any, run: str) -> tuple[str, Any]:
         """A name of `runs(config)` -> (the configuration it trains, the config it trains
         with): a seed repeat is its configuration with `train.seed` set to the repeat's seed."""
-        base = repeat_of(run)
-        if base is None or base not in self.plan(config):
+        match = _REPEAT.match(run)
+        if match is None or match["base"] not in self.plan(config):
             return run, config
-        seed = int(run.rsplit("-seed", 1)[1])
-        return base, dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
+        train = dataclasses.replace(config.train, seed=int(match["seed"]))
+        return match["base"], dataclasses.replace(config, train=train)
 
     def data(self, config: Any, name: str, manifests: dict[str, DatasetManifest]) -> Splits:
         raise NotImplementedError
