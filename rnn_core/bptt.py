@@ -2,17 +2,18 @@
 layer-direction instead of ~10 per step, which is what made the scratch backend slow.
 
     hs, h_n = rnn_layer(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, "tanh", mask, reverse)
-    hs, (h_n, c_n) = lstm_layer(x, (h0, c0), weight_ih, weight_hh, bias_ih, bias_hh, mask, reverse)
     hs, h_n = gru_layer(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, mask, reverse)
     hs, h_n = rnn_sequence(xp, h0, weight_hh, "sigmoid")    # an already projected input (Mikolov)
 
     x          L x B x D    the layer's input (any strides)
-    weights    torch.nn's names, shapes and gate order (rnn; lstm i, f, g, o; gru r, z, n)
-    h0, c0     B x H        initial state
+    weights    torch.nn's names, shapes and gate order (rnn; gru r, z, n)
+    h0         B x H        initial state
     mask       None, or L x B x 1 bool: where False (padding) the state keeps its value
     -> hs L x B x H (the state after every step, in time order), the final state
 
-The formulas are exactly `rnn_core.cells.rnn_recur / lstm_recur / gru_recur` (torch.nn's), so
+The LSTM's kernels, on the same helpers and contract, are `rnn_core.bptt_lstm`.
+
+The formulas are exactly `rnn_core.cells.rnn_recur / gru_recur` (torch.nn's), so
 `tests/test_parity.py` holds them to torch.nn's outputs and gradients and
 checks every gradient with `torch.autograd.gradcheck` in float64.
 
@@ -20,10 +21,9 @@ How it is fast:
 - The input's part of every gate is one matmul over all L x B steps (autograd handles it; its
   backward is one matmul for W_ih too). The recurrence is one `torch.autograd.Function`.
 - Forward runs without autograd into preallocated buffers: one addmm and ~6 in-place elementwise
-  ops per step. The LSTM's gates are reordered (g, i, f, o) at the projection, so one sigmoid
-  covers i, f, o and, backward, one broadcast multiply gives the gradients of g, i, f.
+  ops per step.
 - Backward first computes, for all steps at once, the factors that turn the two recursive
-  gradients (dL/dh_t and, for the LSTM, dL/dc_t) into each step's gate gradients; its loop is then
+  gradient dL/dh_t into each step's gate gradients; its loop is then
   ~5 elementwise ops and one matmul per step. The gradient of W_hh is one (L*B x G*H)^T (L*B x H)
   matmul, that of b_hh one sum.
 - Layout: small layers (H <= TRANSPOSED_MAX) run transposed inside (units x batch), so that each
@@ -211,217 +211,6 @@ def rnn_layer(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, activation: str = "
     """One RNN layer-direction from its input x (both biases folded into the projection)."""
     return rnn_sequence(F.linear(x, weight_ih, bias_ih + bias_hh), h0, weight_hh, activation,
                         mask, reverse)
-
-
-# --- LSTM: torch.nn's formula; inside, the gates are ordered (g, i, f, o) -------------------------
-
-
-class _LSTM(torch.autograd.Function):
-    """xp in the layout's form (L x 4H x B or L x B x 4H), gates (g, i, f, o); weight_hh in the
-    same gate order."""
-
-    @staticmethod
-    @_autocast_free
-    def forward(ctx, xp, h0, c0, weight_hh, mask, reverse: bool, layout: _Layout):
-        length = xp.shape[0]
-        hidden = weight_hh.shape[1]
-        gates = torch.empty_like(xp)  # tanh(g), sigmoid(i, f, o) of every step
-        g_all, i_all, f_all, o_all = layout.blocks(gates, hidden)
-        hs = torch.empty_like(g_all, memory_format=torch.contiguous_format)
-        cs, tanh_cs = torch.empty_like(hs), torch.empty_like(hs)
-        w_t = weight_hh.t().contiguous()
-        ifo = gates.narrow(layout.units, hidden, 3 * hidden)
-        xps, gs, g_, i_, f_, o_, ifo_, h_out, c_out, tc_out = _steps(
-            xp, gates, g_all, i_all, f_all, o_all, ifo, hs, cs, tanh_cs)
-        masks = layout.mask(mask)
-        masks = masks.unbind(0) if masks is not None else None
-        h, c = layout.state(h0), layout.state(c0)
-        h_first, c_first = h, c
-        for t in _order(length, reverse):
-            layout.recur(xps[t], h, weight_hh, w_t, gs[t])
-            g_[t].tanh_()
-            ifo_[t].sigmoid_()
-            ct, ht = c_out[t], h_out[t]
-            torch.mul(f_[t], c, out=ct).addcmul_(i_[t], g_[t])  # c' = f * c + i * g
-            torch.mul(o_[t], torch.tanh(ct, out=tc_out[t]), out=ht)  # h' = o * tanh(c')
-            if masks is not None:
-                torch.where(masks[t], ht, h, out=ht)
-                torch.where(masks[t], ct, c, out=ct)
-            h, c = ht, ct
-        ctx.reverse, ctx.layout = reverse, layout
-        ctx.save_for_backward(gates, hs, cs, tanh_cs, h_first, c_first, weight_hh, mask)
-        return layout.sequence(hs), layout.batch_major(h), layout.batch_major(c)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_hs, grad_hn, grad_cn):
-        gates, hs, cs, tanh_cs, h0, c0, weight_hh, mask = ctx.saved_tensors
-        layout = ctx.layout
-        length, hidden = gates.shape[0], weight_hh.shape[1]
-        g, i, f, o = layout.blocks(gates, hidden)
-        mask = layout.mask(mask)
-        prev_c = _previous(cs, c0, ctx.reverse)
-        # Per-step factors, every step at once:
-        #   dc_t   = dL/dc_t (carried c) + dh_t * o (1 - tanh(c)^2)                   (k)
-        #   dpre_g = dc * i (1 - g^2), dpre_i = dc * g i (1 - i), dpre_f = dc * c_prev f (1 - f)
-        #   dpre_o = dh * tanh(c) o (1 - o)                                            (factors)
-        #   dc_{t-1} = dc * f                                                          (carry)
-        k = _keep(mask, torch.addcmul(o, o * tanh_cs, tanh_cs, value=-1))
-        factors = torch.empty_like(gates)
-        fg, fi, ff, fo = layout.blocks(factors, hidden)
-        torch.mul(i, torch.addcmul(torch.ones_like(g), g, g, value=-1), out=fg)
-        torch.mul(g, torch.addcmul(i, i, i, value=-1), out=fi)
-        torch.mul(prev_c, torch.addcmul(f, f, f, value=-1), out=ff)
-        torch.mul(tanh_cs, torch.addcmul(o, o, o, value=-1), out=fo)
-        if mask is not None:
-            factors.mul_(mask)
-        carry_c = _carry(mask, f, gates)
-        carry_h = _carry(mask, None, gates)
-        dgates = torch.empty_like(gates)
-        # g, i, f share dc: one broadcast multiply over 3 x H x B (or B x 3 x H) per step.
-        gif_f = factors.narrow(layout.units, 0, 3 * hidden)
-        gif_d = dgates.narrow(layout.units, 0, 3 * hidden)
-        if layout.transposed:
-            gif_f = gif_f.unflatten(1, (3, hidden))
-            gif_d = gif_d.unflatten(1, (3, hidden))
-        else:
-            gif_f = gif_f.unflatten(2, (3, hidden))
-            gif_d = gif_d.unflatten(2, (3, hidden))
-        d_o_all = layout.blocks(dgates, hidden)[3]
-        gifs, gifd, fos, dos, ks, carries_c, dgs = _steps(
-            gif_f, gif_d, fo, d_o_all, k, carry_c, dgates)
-        grads = layout.from_sequence(grad_hs).unbind(0)
-        carries_h = carry_h.unbind(0) if carry_h is not None else None
-        w_t = weight_hh.t().contiguous()
-        dh_acc, dc_acc = layout.state(grad_hn), layout.state(grad_cn)
-        spread = (lambda d: d) if layout.transposed else (lambda d: d.unsqueeze(1))
-        for t in reversed(_order(length, ctx.reverse)):
-            dh = dh_acc + grads[t]
-            dc = torch.addcmul(dc_acc, dh, ks[t])
-            torch.mul(spread(dc), gifs[t], out=gifd[t])
-            torch.mul(dh, fos[t], out=dos[t])
-            dc_acc = dc * carries_c[t]
-            dh_acc = layout.back(dgs[t], weight_hh, w_t,
-                                 None if carries_h is None else dh * carries_h[t])
-        prev_h = _previous(hs, h0, ctx.reverse)
-        grad_w = layout.weight_grad(dgates, prev_h)
-        return (dgates, layout.batch_major(dh_acc), layout.batch_major(dc_acc), grad_w,
-                None, None, None)
-
-
-class _LSTMSmall(torch.autograd.Function):
-    """The LSTM for small layers (H <= TRANSPOSED_MAX), units x batch: per step the cost is the
-    number of Python-level calls, not arithmetic, so each step works in fixed buffers whose gate
-    views exist once, keeps copies in lists (stacked once at the end), and backward forms a
-    step's four gate gradients in one multiply: [dc; dc; dc; dh] * factors (torch.nn's gate order
-    i, f, g, o: o is the one that takes dh). It takes xp as F.linear makes it (L x B x 4H) and
-    transposes it itself, outside autograd: at these sizes autograd nodes around the call (a
-    batched projection, gate reordering) cost more than the copy."""
-
-    @staticmethod
-    @_autocast_free
-    def forward(ctx, xp, h0, c0, weight_hh, mask, reverse: bool):
-        xp = xp.transpose(1, 2).contiguous()  # L x 4H x B
-        length, rows, batch = xp.shape
-        hidden = rows // 4
-        work = xp.new_empty(rows, batch)
-        i, f, g, o = work.split(hidden)
-        if_ = work[: 2 * hidden]
-        xps = xp.unbind(0)
-        masks = mask.transpose(1, 2).unbind(0) if mask is not None else None
-        gates, cs, hs = [None] * length, [None] * length, [None] * length
-        h, c = h0.t(), c0.t()
-        addmm, addcmul, mul, tanh, where = torch.addmm, torch.addcmul, torch.mul, torch.tanh, \
-            torch.where
-        for t in _order(length, reverse):
-            addmm(xps[t], weight_hh, h, out=work)
-            if_.sigmoid_()
-            g.tanh_()
-            o.sigmoid_()
-            gates[t] = work.clone()
-            c_new = addcmul(mul(f, c), i, g)  # c' = f * c + i * g
-            h_new = mul(o, tanh(c_new))  # h' = o * tanh(c')
-            if masks is not None:
-                c_new, h_new = where(masks[t], c_new, c), where(masks[t], h_new, h)
-            cs[t], hs[t] = c_new, h_new
-            h, c = h_new, c_new
-        gates, cs, hs = torch.stack(gates), torch.stack(cs), torch.stack(hs)
-        ctx.reverse = reverse
-        ctx.save_for_backward(gates, hs, cs, h0, c0, weight_hh, mask)
-        return hs.transpose(1, 2), h.t().clone(), c.t().clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_hs, grad_hn, grad_cn):
-        gates, hs, cs, h0, c0, weight_hh, mask = ctx.saved_tensors
-        length, rows, _ = gates.shape
-        hidden = rows // 4
-        i, f, g, o = gates.split(hidden, dim=1)
-        mask = mask.transpose(1, 2) if mask is not None else None
-        tanh_cs = torch.tanh(cs)
-        prev_c = _previous(cs, c0.t(), ctx.reverse)
-        k = _keep(mask, torch.addcmul(o, o * tanh_cs, tanh_cs, value=-1))
-        factors = torch.cat([g * torch.addcmul(i, i, i, value=-1),
-                             prev_c * torch.addcmul(f, f, f, value=-1),
-                             i * torch.addcmul(torch.ones_like(g), g, g, value=-1),
-                             tanh_cs * torch.addcmul(o, o, o, value=-1)], dim=1)
-        if mask is not None:
-            factors.mul_(mask)
-        carry_c = _carry(mask, f, gates)
-        carry_h = _carry(mask, None, gates)
-        facs, ks, cfs = factors.unbind(0), k.unbind(0), carry_c.unbind(0)
-        grads = grad_hs.transpose(1, 2).unbind(0)
-        carries_h = carry_h.unbind(0) if carry_h is not None else None
-        w_t = weight_hh.t().contiguous()
-        steps = list(reversed(_order(length, ctx.reverse)))
-        dgates = [None] * length
-        addmm, addcmul, cat, mul = torch.addmm, torch.addcmul, torch.cat, torch.mul
-        dh, dc_acc = grad_hn.t() + grads[steps[0]], grad_cn.t()
-        for n, t in enumerate(steps):
-            dc = addcmul(dc_acc, dh, ks[t])
-            dg = mul(cat((dc, dc, dc, dh)), facs[t])
-            dgates[t] = dg
-            dc_acc = mul(dc, cfs[t])
-            if n + 1 < length:
-                base = grads[steps[n + 1]]
-                if carries_h is not None:
-                    base = addcmul(base, dh, carries_h[t])
-                dh = addmm(base, w_t, dg)
-            else:
-                dh = torch.mm(w_t, dg) if carries_h is None else addmm(dh * carries_h[t], w_t, dg)
-        dgates = torch.stack(dgates)  # L x 4H x B
-        prev_h = _previous(hs, h0.t(), ctx.reverse)
-        grad_w = dgates.transpose(0, 1).reshape(rows, -1).mm(
-            prev_h.transpose(0, 1).reshape(hidden, -1).t())
-        return dgates.transpose(1, 2), dh.t(), dc_acc.t(), grad_w, None, None
-
-
-_GIFO: dict[tuple[int, torch.device], torch.Tensor] = {}
-
-
-def _gifo(hidden: int, device: torch.device) -> torch.Tensor:
-    """Row indices that reorder torch.nn's (i, f, g, o) gate blocks as (g, i, f, o)."""
-    key = (hidden, device)
-    if key not in _GIFO:
-        _GIFO[key] = torch.cat([torch.arange(2 * hidden, 3 * hidden), torch.arange(2 * hidden),
-                                torch.arange(3 * hidden, 4 * hidden)]).to(device)
-    return _GIFO[key]
-
-
-def lstm_layer(x, state, weight_ih, weight_hh, bias_ih, bias_hh, mask=None,
-               reverse: bool = False):
-    """One LSTM layer-direction from its input x; state (h0, c0). -> (hs, (h_n, c_n))."""
-    h0, c0 = state
-    hidden = weight_hh.shape[1]
-    layout = _layout(hidden)
-    if layout.transposed:  # torch.nn's gate order, transposed inside
-        xp = F.linear(x, weight_ih, bias_ih + bias_hh)
-        hs, h_n, c_n = _LSTMSmall.apply(xp, h0, c0, weight_hh, mask, reverse)
-    else:
-        order = _gifo(hidden, weight_hh.device)  # autograd maps the gradients back
-        xp = layout.project(x, weight_ih[order], (bias_ih + bias_hh)[order])
-        hs, h_n, c_n = _LSTM.apply(xp, h0, c0, weight_hh[order], mask, reverse, layout)
-    return hs, (h_n, c_n)
 
 
 # --- GRU: torch.nn's formula, gates (r, z, n); b_hh stays inside r * (W_hn h + b_hn) -----------

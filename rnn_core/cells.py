@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnn_core import bptt
+from rnn_core import bptt, bptt_lstm
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
 
@@ -380,7 +380,7 @@ class GRUCell(Cell):
 
 
 def _lstm_kernel(x, state, weight_ih, weight_hh, bias_ih, bias_hh, mask, reverse):
-    return bptt.lstm_layer(x, tuple(state), weight_ih, weight_hh, bias_ih, bias_hh, mask, reverse)
+    return bptt_lstm.lstm_layer(x, tuple(state), weight_ih, weight_hh, bias_ih, bias_hh, mask, reverse)
 
 
 def _gru_kernel(x, state, weight_ih, weight_hh, bias_ih, bias_hh, mask, reverse):

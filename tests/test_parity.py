@@ -182,7 +182,7 @@ def _params(*shapes, dtype=torch.float64):
 
 
 def _gradcheck_layer(cell, hidden, masked, reverse, activation="tanh"):
-    from rnn_core import bptt
+    from rnn_core import bptt, bptt_lstm
 
     length, batch, inputs = 4, 3, 2
     mask = None
@@ -195,7 +195,7 @@ def _gradcheck_layer(cell, hidden, masked, reverse, activation="tanh"):
                       (gates * hidden,))
     if cell == "lstm":
         def fn(x, h0, c0, *w):
-            hs, (h_n, c_n) = bptt.lstm_layer(x, (h0, c0), *w, mask, reverse)
+            hs, (h_n, c_n) = bptt_lstm.lstm_layer(x, (h0, c0), *w, mask, reverse)
             return hs, h_n, c_n
 
         return torch.autograd.gradcheck(fn, (x, h0, c0, *weights))
