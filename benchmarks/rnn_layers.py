@@ -7,7 +7,9 @@ Both backends get the same weights (state_dict copied). Scratch and fused runs a
 burst of load from other processes hits both alike; each time is the median of --repeats runs
 after --warmup runs. Time-major input L x B x D, loss = outputs.sum() + h_n.sum().
 --masked gives every sequence a random length in [L/2, L] (the fused side packs, the scratch
-side masks), as padded batches of real text do.
+side masks), as padded batches of real text do. glibc's allocator thresholds are raised as the
+runner raises them for training (rnn_core.allocator; --glibc-defaults leaves them). The last
+column names the default profile's configuration that trains the shape on the scratch backend.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 from benchmarks.machine import cpu_name, write_json
+from rnn_core.allocator import keep_freed_memory
 from rnn_core.cells import CELLS as REGISTERED
 from rnn_core.cells import MikolovRNN
 from rnn_core.layers import Recurrent
@@ -47,22 +50,28 @@ class Case(NamedTuple):
     input_size: int  # features per step (mikolov: the vocabulary, one-hot)
     hidden: int
     masked: bool = False
+    trained_by: str = ""  # the default profile's configuration that trains it on scratch, if any
 
 
 # The default profile's shapes (batch x typical length x input x hidden), one thread each.
 PROFILE_CASES = [
     Case("ag_news lstm8", "lstm", 64, 40, 32, 8),
-    Case("ag_news lstm8, padded", "lstm", 64, 40, 32, 8, masked=True),
+    Case("ag_news lstm8, padded", "lstm", 64, 40, 32, 8, masked=True,
+         trained_by="ag_news/lstm8-scratch"),
     Case("ag_news simplernn16", "rnn", 64, 40, 32, 16),
     Case("ag_news simplernn16, padded", "rnn", 64, 40, 32, 16, masked=True),
-    Case("metro rnn64 (course)", "rnn", 64, 40, 2, 64),
-    Case("metro gru64", "gru", 64, 40, 2, 64),
-    Case("metro gru64 + context", "gru", 64, 40, 14, 64),
-    Case("char rnn256", "rnn", 32, 50, 32, 256),
+    Case("metro rnn64 (course)", "rnn", 64, 40, 2, 64, trained_by="metro_*/course-*"),
+    Case("metro gru64", "gru", 64, 40, 2, 64,
+         trained_by="metro_classification/gru-10st-inout-scratch"),
+    Case("metro gru64 + context", "gru", 64, 40, 14, 64,
+         trained_by="metro_forecasting/gru-inout-ctx-scratch"),
+    Case("char rnn256", "rnn", 32, 50, 32, 256, trained_by="char_generation/trump-rnn-scratch"),
     Case("char lstm256", "lstm", 32, 50, 32, 256),
     Case("char gru256", "gru", 32, 50, 32, 256),
-    Case("char mikolov128", "mikolov", 32, 50, 85, 128),
-    Case("vanishing lstm128", "lstm", 16, 100, 32, 128),
+    Case("char mikolov128", "mikolov", 32, 50, 85, 128,
+         trained_by="char_generation/moliere-mikolov"),
+    Case("vanishing lstm128", "lstm", 16, 100, 32, 128,
+         trained_by="vanishing_gradients/lstm-scratch"),
 ]
 
 
@@ -176,6 +185,7 @@ def bench_one(case: Case, device, warmup: int, repeats: int) -> dict:
         "scratch_range_ms": round(spread["scratch"], 3),
         "fused_range_ms": round(spread["fused"], 3),
         "repeats": repeats,
+        "trained_by": case.trained_by,
     }
 
 
@@ -187,13 +197,13 @@ def print_table(rows: list[dict], info: dict) -> None:
     )
     print(
         f"{'case':30} {'cell':7} {'B':>4} {'L':>4} {'D':>4} {'H':>4} {'scratch ms':>11} "
-        f"{'fused ms':>9} {'scratch/fused':>13}"
+        f"{'fused ms':>9} {'scratch/fused':>13}  trained on scratch by"
     )
     for r in rows:
         print(
             f"{r['label']:30} {r['cell']:7} {r['batch']:4d} {r['length']:4d} "
             f"{r['input_size']:4d} {r['hidden_size']:4d} {r['scratch_ms']:11.2f} "
-            f"{r['fused_ms']:9.2f} {r['ratio']:12.2f}x"
+            f"{r['fused_ms']:9.2f} {r['ratio']:12.2f}x  {r['trained_by']}"
         )
 
 
@@ -220,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="+", metavar="TEXT",
                    help="only the cases whose label contains one of these texts")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--glibc-defaults", action="store_true",
+                   help="leave glibc's allocator thresholds alone (training raises them)")
     args = p.parse_args(argv)
 
     if args.device == "auto":
@@ -228,6 +240,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     info = machine_info(device, args.threads)
+    # As the runner does for every training process (rnn_core.allocator): without it large
+    # freed tensors go back to the kernel and are faulted in again, which taxes the scratch
+    # kernels' per-step buffers (e.g. 3,000 page faults a batch at the vanishing LSTM(128)).
+    info["allocator"] = ("glibc defaults" if args.glibc_defaults
+                         else "keep_freed_memory" if keep_freed_memory() else "not settable")
     shapes = SHAPES[:1] if args.small_only else SHAPES
     cases = [] if args.profile_only else reference_cases(args.cells, shapes, args.masked)
     cases += [] if args.no_profile else PROFILE_CASES
