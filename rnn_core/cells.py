@@ -19,7 +19,8 @@ fused backend), so adding a cell touches no other file:
 
 Optional hooks: `parameter_shapes` (a cell whose parameters are not torch.nn's G*H blocks),
 `nonlinearities` + `step` (a cell with a choice of nonlinearity, like the vanilla RNN), `kernel`
-(the whole sequence forward and backward by hand: the built-in cells' `rnn_core.bptt`).
+(the whole sequence forward and backward by hand: the built-in cells' `rnn_core.bptt` and
+`rnn_core.bptt_lstm`).
 
 Per step, a cell's `one_step(x, state)` is `recur(project_input(x), state, W_hh^T, b_hh)`; over
 a sequence, `run_sequence` projects all L x B inputs in one matmul, then runs the cell's `kernel`
