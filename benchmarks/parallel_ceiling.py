@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from benchmarks.machine import write_json
-    from benchmarks.scale_out import machine_info, machine_tag
+    from benchmarks.machine import machine_info, machine_tag, write_json
 
     result = {"benchmark": "parallel_ceiling", "machine": machine_info(),
               **measure(args.processes, args.seconds)}

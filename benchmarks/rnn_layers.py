@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
-from benchmarks.machine import cpu_name, write_json
+from benchmarks.machine import machine_info, write_json
 from rnn_core.allocator import keep_freed_memory
 from rnn_core.cells import CELLS as REGISTERED
 from rnn_core.cells import MikolovRNN
@@ -75,20 +74,13 @@ PROFILE_CASES = [
 ]
 
 
-def machine_info(device: torch.device, threads: int) -> dict:
-    """Where the numbers come from: they mean little without it."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "device": device.type,
-        "device_name": name,
-        "load_average_before": list(os.getloadavg()),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+def run_info(device: torch.device, threads: int) -> dict:
+    """Where the numbers come from (benchmarks.machine), and how this run measured them."""
+    info = machine_info()
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+    return {**info, "threads": threads, "device": device.type,
+            "load_average_before": list(os.getloadavg())}
 
 
 class TorchMikolov(nn.Module):
@@ -239,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    info = machine_info(device, args.threads)
+    info = run_info(device, args.threads)
     # As the runner does for every training process (rnn_core.allocator): without it large
     # freed tensors go back to the kernel and are faulted in again, which taxes the scratch
     # kernels' per-step buffers (e.g. 3,000 page faults a batch at the vanishing LSTM(128)).

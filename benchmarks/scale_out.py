@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -48,7 +47,7 @@ from benchmarks.full_estimate import (
     estimate_full,
     list_schedule,
 )
-from benchmarks.machine import cpu_name, write_json
+from benchmarks.machine import code_version, machine_info, machine_tag, write_json
 from flows.servers import free_port, start_prefect, stop_group, wait_healthy  # no prefect import
 
 
@@ -263,38 +262,6 @@ def fixed_costs(root: Path, workers: int = 2) -> dict:
 
 
 # --- machine, table, JSON -----------------------------------------------------------------------
-def machine_info() -> dict:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "cpu_count": os.cpu_count(), "device_name": cpu_name(),
-            "gpu": gpu, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def code_version(given: str | None) -> dict:
-    """The commit measured, and whether the checkout had local changes."""
-    import subprocess
-
-    def git(*a):
-        out = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10,
-                             check=False)
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": given or commit or "unknown",
-            "checkout": ("git checkout, " + ("local changes" if dirty else "clean"))
-            if commit else "an export of the commit (no .git)"}
-
-
-def machine_tag(info: dict) -> str:
-    """cpu-2core on this machine kind; gpu-<name> where training would use a GPU."""
-    if info["gpu"]:
-        return "gpu-" + info["gpu"].lower().replace("nvidia", "").strip().replace(" ", "-")
-    return f"cpu-{info['cpu_count']}core"
-
-
 def print_table(payload: dict) -> None:
     runs = payload["runs"]
     ns = [r["workers"] for r in runs]
