@@ -103,14 +103,8 @@ class _LSTM(torch.autograd.Function):
         carry_h = _carry(mask, None, gates)
         dgates = torch.empty_like(gates)
         # g, i, f share dc: one broadcast multiply over 3 x H x B (or B x 3 x H) per step.
-        gif_f = factors.narrow(layout.units, 0, 3 * hidden)
-        gif_d = dgates.narrow(layout.units, 0, 3 * hidden)
-        if layout.transposed:
-            gif_f = gif_f.unflatten(1, (3, hidden))
-            gif_d = gif_d.unflatten(1, (3, hidden))
-        else:
-            gif_f = gif_f.unflatten(2, (3, hidden))
-            gif_d = gif_d.unflatten(2, (3, hidden))
+        gif_f, gif_d = (t.narrow(layout.units, 0, 3 * hidden).unflatten(layout.units, (3, hidden))
+                        for t in (factors, dgates))
         d_o_all = layout.blocks(dgates, hidden)[3]
         gifs, gifd, fos, dos, ks, carries_c, dgs = _steps(
             gif_f, gif_d, fo, d_o_all, k, carry_c, dgates)
