@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from benchmarks.machine import machine_info, write_json
 from rnn_core.allocator import keep_freed_memory
 from rnn_core.cells import CELLS as REGISTERED
-from rnn_core.cells import MikolovRNN
+from rnn_core.course_models import MikolovRNN
 from rnn_core.layers import Recurrent
 
 # (batch, length, input_size, hidden_size): the course's reference shape, then a larger one.
@@ -43,7 +43,7 @@ class Case(NamedTuple):
     """One shape the default profile trains: where it comes from, the cell and its sizes."""
 
     label: str
-    cell: str  # a registered cell, or "mikolov" (rnn_core.cells.MikolovRNN)
+    cell: str  # a registered cell, or "mikolov" (rnn_core.course_models.MikolovRNN)
     batch: int
     length: int
     input_size: int  # features per step (mikolov: the vocabulary, one-hot)

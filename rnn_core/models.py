@@ -20,12 +20,12 @@ Mikolov RNN; passing it back in continues the sequences (truncated BPTT). Any ce
 
 The course's own models are modes of the same kinds, so everything downstream (training,
 serving, logging) sees a classifier or a forecaster:
-    classifier / forecaster, mode="course"   the course's `rnn_core.cells.RNN` class is the whole
+    classifier / forecaster, mode="course"   the course's `rnn_core.course_models.RNN` class is the whole
         model: its `forward` (its tanh cell's `one_step` repeated, by the hand-written kernel)
         runs the sequence and its `decode` is the head. One layer, one direction, cell "rnn".
         From the same seed it starts from exactly the weights of the mode="stack" model with
         cell="rnn", num_layers=1 (torch.nn's init order), so the two train side by side.
-    char_lm, mode="mikolov"                  `rnn_core.cells.MikolovRNN`.
+    char_lm, mode="mikolov"                  `rnn_core.course_models.MikolovRNN`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnn_core.cells import RNN, MikolovRNN
+from rnn_core.course_models import RNN, MikolovRNN
 from rnn_core.layers import INITS, Recurrent, init_forget_bias, init_keras
 from rnn_core.metrics import (
     ClassificationMetrics,
@@ -92,7 +92,7 @@ class ClassifierConfig(RecurrentConfig):
     input_size: int = 1  # feature size D when vocab_size is None
     bidirectional: bool = False  # concat both directions' final states before the head
     padding_idx: int | None = None  # embedding row kept at zero (padding token)
-    mode: str = "stack"  # stack (Recurrent -> Linear head) | course (rnn_core.cells.RNN)
+    mode: str = "stack"  # stack (Recurrent -> Linear head) | course (rnn_core.course_models.RNN)
 
 
 @dataclass
@@ -102,14 +102,14 @@ class ForecasterConfig(RecurrentConfig):
     num_covariates: int = 0  # input-only columns after the flows (time of day, station, ...)
     horizon: int = 1  # H: every step predicts t+1 .. t+H
     residual: bool = False  # predict the change from x_t (persistence + a learned correction)
-    mode: str = "stack"  # stack (Recurrent -> Linear head) | course (rnn_core.cells.RNN)
+    mode: str = "stack"  # stack (Recurrent -> Linear head) | course (rnn_core.course_models.RNN)
 
 
 @dataclass
 class CharLMConfig(RecurrentConfig):
     kind: ClassVar[str] = "char_lm"
     vocab_size: int = 96  # characters
-    mode: str = "embedding"  # embedding (Embedding -> stack -> Linear) | mikolov (cells.MikolovRNN)
+    mode: str = "embedding"  # embedding (Embedding -> stack -> Linear) | mikolov (course_models.MikolovRNN)
     embedding_dim: int = 32  # embedding mode only
     pad_id: int | None = None  # targets equal to this id are ignored by the loss
 
@@ -171,7 +171,7 @@ def _course_rnn(config, input_size: int, output_size: int) -> nn.Module:
         (f"init {config.init!r} (the course's class: torch.nn's init)",
          config.init != "torch")] if bad]
     if problems:
-        raise ValueError(f"{config.kind} mode='course' (rnn_core.cells.RNN) does not take "
+        raise ValueError(f"{config.kind} mode='course' (rnn_core.course_models.RNN) does not take "
                          + "; ".join(problems))
     return RNN(input_size, config.hidden_size, output_size, activation=config.nonlinearity)
 

@@ -1,4 +1,5 @@
-"""Shapes and formulas of the hand-written cells (rnn_core.cells), checked against torch.nn."""
+"""Shapes and formulas of the hand-written cells (rnn_core.cells) and the course's models over
+them (rnn_core.course_models), checked against torch.nn."""
 
 import pytest
 import torch
@@ -6,16 +7,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnn_core.cells import (
-    RNN,
     Cell,
     GRUCell,
     LSTMCell,
-    MikolovRNN,
     RNNCell,
     cell_names,
     get_cell,
     register_cell,
 )
+from rnn_core.course_models import RNN, MikolovRNN
 
 B, D, H, L = 3, 4, 5, 6
 

@@ -260,8 +260,8 @@ def test_make_batch_one_length_and_labels_are_stations(metro):
 def test_course_cell_builds_the_course_rnn_class_and_its_twin_torch_nn(metro):
     """course-*: the course's RNN class (hand-written, one layer whatever the block says);
     its -fused twin: torch.nn's RNN + Linear, with the very same initial weights."""
-    from rnn_core.cells import RNN
     from rnn_core.checkpoints import seed_everything
+    from rnn_core.course_models import RNN
 
     config = _profile("smoke", CLS)
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_layers=2))

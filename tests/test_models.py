@@ -351,7 +351,7 @@ def _course_pair(kind, **kw):
 
 @pytest.mark.parametrize("kind", ["classifier", "forecaster"])
 def test_course_model_is_the_course_rnn_class_and_starts_as_torch_nn(kind):
-    from rnn_core.cells import RNN
+    from rnn_core.course_models import RNN
 
     course, fused = _course_pair(kind)
     assert isinstance(course.rnn, RNN) and not hasattr(course, "head")

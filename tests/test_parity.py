@@ -256,7 +256,7 @@ def test_large_layers_match_fused_too(cell):
 
 def test_mikolov_kernel_gradients_equal_its_one_step_loop():
     """MikolovRNN.forward (the sigmoid-RNN kernel) against `one_step` repeated under autograd."""
-    from rnn_core.cells import MikolovRNN
+    from rnn_core.course_models import MikolovRNN
 
     model = MikolovRNN(7, 5).double()
     chars = torch.randint(0, 7, (6, 3))

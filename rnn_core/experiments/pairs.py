@@ -9,7 +9,7 @@ backend; the twin is named after the backend it runs on, right after its configu
 A listed configuration that the profile does not plan has no twin (a profile that narrows the
 grid needs no change to `backend_twins`).
 
-The course's own model (metro "course-*": rnn_core.cells.RNN, hand-written) pairs with the
+The course's own model (metro "course-*": rnn_core.course_models.RNN, hand-written) pairs with the
 torch.nn model it equals at init: "course-10st-in-fused" (nn.RNN + Linear, same weights).
 
 Both runs read the same data, start from the same weights (the runner seeds before the model is
