@@ -42,7 +42,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from rnn_core import bptt
-from rnn_core.bptt import _autocast_free, _carry, _keep, _order, _previous, _steps
+from rnn_core.bptt import _autocast_free, _carry, _order, _previous, _steps
 
 
 def _g_doubled(hidden: int, like: torch.Tensor) -> torch.Tensor:
@@ -52,19 +52,26 @@ def _g_doubled(hidden: int, like: torch.Tensor) -> torch.Tensor:
     return scale
 
 
-def _factors(i, f, g, o, tanh_cs, prev_c, mask):
-    """Per-step factors of the gate gradients, every step at once (any layout; gate blocks):
+def _factors(gates, tanh_cs, prev_c, mask, dim: int):
+    """Per-step factors of the gate gradients, every step at once, gate blocks along `dim`:
 
         dc_t     = dL/dc_t (carried) + dh_t * o (1 - tanh(c)^2)                          (k)
         dpre_i   = dc * g i (1 - i),  dpre_f = dc * c_prev f (1 - f),  dpre_g = dc * i (1 - g^2)
         dpre_o   = dh * tanh(c) o (1 - o)
         dc_{t-1} = dc * f                                                            (carry)
-    -> k, (factor_i, factor_f, factor_g, factor_o), already zero on padded steps."""
-    k = _keep(mask, torch.addcmul(o, o * tanh_cs, tanh_cs, value=-1))
-    factors = (g * torch.addcmul(i, i, i, value=-1),
-               prev_c * torch.addcmul(f, f, f, value=-1),
-               i * torch.addcmul(torch.ones_like(g), g, g, value=-1),
-               tanh_cs * torch.addcmul(o, o, o, value=-1))
+    -> k, factors (shaped as gates: factor_i, factor_f, factor_g, factor_o), both zero on
+    padded steps."""
+    i, f, g, o = gates.split(tanh_cs.shape[dim], dim)
+    factors = torch.empty_like(gates)
+    fi, ff, fg, fo = factors.split(tanh_cs.shape[dim], dim)
+    torch.mul(g, torch.addcmul(i, i, i, value=-1), out=fi)
+    torch.mul(prev_c, torch.addcmul(f, f, f, value=-1), out=ff)
+    torch.addcmul(i, i * g, g, value=-1, out=fg)
+    torch.mul(tanh_cs, torch.addcmul(o, o, o, value=-1), out=fo)
+    k = torch.addcmul(o, o * tanh_cs, tanh_cs, value=-1)
+    if mask is not None:
+        factors.mul_(mask)
+        k.mul_(mask)
     return k, factors
 
 
@@ -130,11 +137,7 @@ class _LSTM(torch.autograd.Function):
     def backward(ctx, grad_hs, grad_hn, grad_cn):
         x, gates, hs, cs, tanh_cs, h0, c0, weight_ih, weight_hh, mask = ctx.saved_tensors
         length, batch, hidden = hs.shape
-        k, factors = _factors(*gates.split(hidden, dim=2), tanh_cs,
-                              _previous(cs, c0, ctx.reverse), mask)
-        factors = torch.cat(factors, dim=2)  # L x B x 4H
-        if mask is not None:
-            factors.mul_(mask)
+        k, factors = _factors(gates, tanh_cs, _previous(cs, c0, ctx.reverse), mask, dim=2)
         carry_c = _carry(mask, gates[..., hidden: 2 * hidden], gates)
         carry_h = _carry(mask, None, gates)
         dgates = torch.empty_like(gates)
@@ -207,14 +210,10 @@ class _LSTMSmall(torch.autograd.Function):
     def backward(ctx, grad_hs, grad_hn, grad_cn):
         x, gates, hs, cs, h0, c0, weight_ih, weight_hh, mask = ctx.saved_tensors
         length, hidden = gates.shape[0], weight_hh.shape[1]
-        i, f, g, o = gates.split(hidden, dim=1)
         mask = mask.transpose(1, 2) if mask is not None else None
-        k, factors = _factors(i, f, g, o, torch.tanh(cs), _previous(cs, c0.t(), ctx.reverse),
-                              mask)
-        factors = torch.cat(factors, dim=1)  # L x 4H x B
-        if mask is not None:
-            factors.mul_(mask)
-        carry_c = _carry(mask, f, gates)
+        k, factors = _factors(gates, torch.tanh(cs), _previous(cs, c0.t(), ctx.reverse), mask,
+                              dim=1)
+        carry_c = _carry(mask, gates[:, hidden: 2 * hidden], gates)
         carry_h = _carry(mask, None, gates)
         # The kernel's own contiguous copy of the incoming gradient (see _LSTM.backward).
         grads = grad_hs.transpose(1, 2).clone(memory_format=torch.contiguous_format).unbind(0)
