@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
-from benchmarks.machine import machine_info, write_json
+from benchmarks.machine import code_version, machine_info, write_json
 from rnn_core.allocator import keep_freed_memory
 from rnn_core.cells import CELLS as REGISTERED
 from rnn_core.course_models import MikolovRNN
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     info["load_average_after"] = list(os.getloadavg())
     print_table(rows, info)
     if args.json:
-        write_json(args.json, {"machine": info, "results": rows})
+        write_json(args.json, {"machine": info, "code": code_version(None), "results": rows})
         print(f"wrote {args.json}")
 
 
