@@ -136,7 +136,7 @@ class _LSTM(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_hs, grad_hn, grad_cn):
         x, gates, hs, cs, tanh_cs, h0, c0, weight_ih, weight_hh, mask = ctx.saved_tensors
-        length, batch, hidden = hs.shape
+        length, _, hidden = hs.shape
         k, factors = _factors(gates, tanh_cs, _previous(cs, c0, ctx.reverse), mask, dim=2)
         carry_c = _carry(mask, gates[..., hidden: 2 * hidden], gates)
         carry_h = _carry(mask, None, gates)
@@ -175,7 +175,7 @@ class _LSTMSmall(torch.autograd.Function):
     @staticmethod
     @_autocast_free
     def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, mask, reverse: bool):
-        length, batch, _ = x.shape
+        length = x.shape[0]
         hidden = weight_hh.shape[1]
         double = _g_doubled(hidden, x).unsqueeze(1)
         w_hh = weight_hh * double  # 4H x H
