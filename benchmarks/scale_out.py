@@ -261,7 +261,7 @@ def fixed_costs(root: Path, workers: int = 2) -> dict:
     return out
 
 
-# --- machine, table, JSON -----------------------------------------------------------------------
+# --- table -----------------------------------------------------------------------------------
 def print_table(payload: dict) -> None:
     runs = payload["runs"]
     ns = [r["workers"] for r in runs]
